@@ -1,0 +1,16 @@
+"""Decentralized-learning algorithms, written once for every engine."""
+
+from meshlearn.algorithms.base import Algorithm, RoundContext
+from meshlearn.algorithms.dpsgd import DPSGD
+from meshlearn.sharing import Sharing
+
+ALGORITHMS: dict[str, type[Algorithm]] = {"dpsgd": DPSGD}
+
+
+def build(name: str, sharing: Sharing) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name = {name!r} is unknown; use one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name](sharing)
+
+
+__all__ = ["Algorithm", "RoundContext", "DPSGD", "ALGORITHMS", "build"]

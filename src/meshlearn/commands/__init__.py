@@ -1,0 +1,1 @@
+"""Subcommands of the ``meshlearn`` CLI; each module exposes ``add_parser(subparsers)``."""

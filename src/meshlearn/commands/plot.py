@@ -1,0 +1,91 @@
+"""``meshlearn plot``: overlay learning curves of one or more runs in a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DESCRIPTION = """\
+Plot a metric from one or more run directories (as written by `meshlearn run`)
+into a single image: one panel per x-axis, one line per run.
+
+A run directory needs rounds.jsonl; summary.json is optional (a killed run
+still plots, labelled by its directory name, and a truncated last line is
+skipped). Legend labels come from the run name in summary.json; runs that
+share a name get their directory name appended.
+
+For a *_mean metric with matching *_min/*_max keys (e.g. test_acc_mean), the
+min..max range across nodes is drawn as a light band.
+"""
+
+EPILOG = """\
+examples:
+  meshlearn plot runs/quickstart -o acc.png
+  meshlearn plot runs/a runs/b -o loss.pdf --metric test_loss_mean --x round,bytes
+"""
+
+DEFAULT_X = "round,bytes,time"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``plot`` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "plot",
+        help="plot learning curves of one or more runs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directory containing rounds.jsonl; give several to overlay them",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="image to write; the format follows the extension "
+        "(.png, .pdf, .svg, ...; none means .png)",
+    )
+    parser.add_argument(
+        "--metric",
+        default="test_acc_mean",
+        help="numeric key of rounds.jsonl to plot on the y-axis "
+        "(default: %(default)s; an unknown key lists the available ones)",
+    )
+    parser.add_argument(
+        "--x",
+        default=DEFAULT_X,
+        metavar="AXES",
+        help="comma-separated x-axes, one panel each (default: %(default)s). "
+        "round = evaluation round; bytes = cumulative bytes sent per node (MB); "
+        "time = simulated time if every run records sim_time_s, else wall-clock "
+        "seconds (wall / sim force one); any other numeric key also works",
+    )
+    parser.set_defaults(func=run_plot)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Execute ``meshlearn plot``; returns the process exit code."""
+    # Imported here so `meshlearn --help` does not pay for matplotlib.
+    from meshlearn.plotting import load_runs, plot_runs
+
+    x_axes = [part.strip() for part in str(args.x).split(",") if part.strip()]
+    if not x_axes:
+        return _error("--x needs at least one axis (e.g. round,bytes,time)")
+    try:
+        runs = load_runs(args.run_dirs)
+        out = plot_runs(runs, args.output, metric=args.metric, x_axes=x_axes)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,88 @@
+"""``meshlearn run``: run an experiment from a TOML config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run an experiment from a TOML config",
+        description="Run a decentralized-learning experiment described by a TOML file and write its "
+                    "run directory (config.toml, rounds.jsonl, nodes.jsonl, nodes_final.json, summary.json).",
+        epilog="example: meshlearn run examples/quickstart.toml --set rounds=10 --set training.lr=0.1")
+    parser.add_argument("config", help="experiment TOML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted path, TOML value), repeatable")
+    parser.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
+    parser.add_argument("--engine", choices=["sim"], help="override engine.name")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from meshlearn.config import ConfigError, load_config
+    from meshlearn.runner import run_experiment
+
+    err = Console(stderr=True)
+    overrides = list(args.overrides) + ([f"engine.name={args.engine}"] if args.engine else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        return 2
+    out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    console = Console()
+    console.print(f"[bold]{cfg.name}[/bold]: {cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.model.name} on "
+                  f"{cfg.data.dataset} ({cfg.data.partition}), {cfg.topology.kind} topology, "
+                  f"{cfg.algorithm.name}/{cfg.sharing.name}, engine {cfg.engine.name} → {out}")
+    progress = Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                        disable=args.no_progress or not console.is_terminal and not sys.stdout.isatty())
+    try:
+        with progress:
+            task = progress.add_task("rounds", total=cfg.rounds, status="")
+
+            def on_round(rnd, record):
+                status = f"acc {record['test_acc_mean']:.3f}" if record else None
+                progress.update(task, advance=1, **({"status": status} if status else {}))
+                if record and progress.disable:
+                    console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
+
+            summary = run_experiment(cfg, out, on_round=on_round)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print(f"interrupted: results so far are in {out}")
+        return 130
+    console.print(summary_table(summary))
+    console.print(f"results: {out}")
+    return 0
+
+
+def summary_table(summary: dict) -> Table:
+    final = summary.get("final", {})
+    table = Table(title=f"{summary['name']} ({summary['status']})", show_header=False)
+    rows = [
+        ("rounds", f"{summary['rounds_completed']}/{summary['rounds']}"),
+        ("nodes / parameters", f"{summary['nodes']} / {summary['parameters']:,}"),
+        ("test accuracy (mean over nodes)", f"{final.get('test_acc_mean', float('nan')):.4f}"),
+        ("test accuracy min / max", f"{final.get('test_acc_min', float('nan')):.4f} / "
+                                    f"{final.get('test_acc_max', float('nan')):.4f}"),
+        ("averaged-model accuracy", f"{final['avg_model_acc']:.4f}" if "avg_model_acc" in final else "—"),
+        ("consensus distance", f"{final.get('consensus_distance', float('nan')):.3g}"),
+        ("bytes sent per node", f"{summary['bytes_sent_per_node'] / 1e6:.2f} MB"),
+        ("time per round", f"{summary['time_per_round_s'] * 1e3:.0f} ms" if summary.get("time_per_round_s") else "—"),
+        ("peak memory (RSS)", f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

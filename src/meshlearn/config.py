@@ -1,0 +1,228 @@
+"""Experiment configuration: a TOML file validated with pydantic before any work starts.
+
+Every section is a small model with ``extra="forbid"`` so a misspelt key fails at once,
+and cross-field checks (graph degree vs node count, dataset files present...) run in
+``ExperimentConfig``'s validators, with messages that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """The experiment description is invalid; the message says which key and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "digits"
+    root: str | None = Field(None, description="folder with the dataset files (default: the loader's search path)")
+    partition: Literal["iid", "shards", "dirichlet", "natural"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: small = more non-IID")
+    shards_per_node: int = Field(2, ge=1)
+    min_samples: int = Field(1, ge=1, description="fewest training samples any node may get")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra loader options")
+
+
+class TopologyConfig(_Section):
+    kind: str = "regular"
+    degree: int | None = 4
+    p: float | None = None
+    k: int | None = None
+    rows: int | None = None
+    path: str | None = Field(None, description="edge-list or adjacency-list file (kind = 'file')")
+    weights: Literal["metropolis_hastings", "uniform", "max_degree"] = "metropolis_hastings"
+
+    def generator_params(self) -> dict[str, Any]:
+        """Only the parameters the chosen generator takes."""
+        wanted = {
+            "regular": ("degree",), "erdos_renyi": ("p",), "watts_strogatz": ("k", "p"),
+            "torus": ("rows",), "grid": ("rows",),
+        }.get(self.kind, ())
+        return {key: getattr(self, key) for key in wanted if getattr(self, key) is not None}
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model class")
+    same_init: bool = Field(True, description="all nodes start from the same initial model")
+
+
+class TrainingConfig(_Section):
+    local_steps: int | None = Field(10, ge=1)
+    local_epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainingConfig":
+        if self.local_epochs is not None:
+            object.__setattr__(self, "local_steps", None)
+        if self.local_steps is None and self.local_epochs is None:
+            raise ValueError("set training.local_steps or training.local_epochs")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("training.nesterov = true needs training.momentum > 0")
+        return self
+
+
+class AlgorithmConfig(_Section):
+    name: Literal["dpsgd"] = "dpsgd"
+
+
+class SharingConfig(_Section):
+    name: Literal["full"] = "full"
+
+
+class EvaluationConfig(_Section):
+    every: int = Field(5, ge=1, description="evaluate every k rounds (and after the last)")
+    nodes: int = Field(0, ge=0, description="evaluate this many sampled nodes; 0 = all")
+    test_samples: int = Field(0, ge=0, description="use this many sampled test samples; 0 = all")
+    batch_size: int = Field(1024, ge=1)
+    average_model: bool = Field(True, description="also test the average of all node models")
+
+
+class EngineConfig(_Section):
+    name: Literal["sim"] = "sim"
+    batching: Literal["auto", "vmap", "loop"] = "auto"
+    chunk_size: int = Field(0, ge=0, description="nodes trained per batched call; 0 = chosen per model")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    nodes: int = Field(16, ge=1)
+    rounds: int = Field(20, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sharing: SharingConfig = Field(default_factory=SharingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        from meshlearn import topology
+
+        topo = self.topology
+        if topo.kind == "file":
+            if not topo.path:
+                raise ValueError("topology.kind = 'file' needs topology.path = '<edge or adjacency list>'")
+            if not Path(topo.path).is_file():
+                raise ValueError(f"topology.path = {topo.path!r} does not exist; "
+                                 "write one with 'meshlearn topology generate ... -o FILE'")
+        else:
+            topology.check_params(topo.kind, self.nodes, **topo.generator_params())
+        if self.evaluation.nodes > self.nodes:
+            raise ValueError(f"evaluation.nodes = {self.evaluation.nodes} exceeds nodes = {self.nodes}; "
+                             "use 0 for all nodes")
+        return self
+
+    def check_data_available(self) -> None:
+        """Fail early, naming data.dataset/data.root, when the dataset files are missing."""
+        from meshlearn import data
+
+        data.check_available(self.data.dataset, self.data.root)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """Plain dict without None values (TOML has no null)."""
+        return _drop_none(self.model_dump(mode="json"))
+
+
+def parse_config(raw: dict[str, Any], *, check_files: bool = True) -> ExperimentConfig:
+    """Validate a config dict; raise ConfigError with one line per problem."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+        if check_files:
+            cfg.check_data_available()
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> ExperimentConfig:
+    """Read a TOML experiment file, apply ``key=value`` overrides, and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = apply_overrides(raw, overrides or [])
+    return parse_config(raw, check_files=check_files)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set section.key=value`` overrides; values are parsed as TOML (else kept as text)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set training.lr=0.1")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid experiment config:"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against the documented keys (meshlearn run --help)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+    return "\n".join(lines)
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value

@@ -1,0 +1,149 @@
+"""The :class:`Dataset` container, the dataset registry and :func:`load`.
+
+A task is held once, as whole arrays; nodes only ever receive index subsets of
+the training part (see :mod:`meshlearn.data.partition`), which keeps hundreds of
+simulated nodes cheap. Every loader reads a real on-disk format and never
+downloads: missing files raise ``FileNotFoundError`` saying where the file was
+expected and how to obtain it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits"]
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Arrays for a whole task; nodes get index subsets of the training part."""
+
+    name: str
+    x_train: np.ndarray  # float32 (N, C, H, W) in [0, 1] for images; int64 token ids (N, L) for text
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    users_train: np.ndarray | None = None  # int64 (N,): LEAF user index of each training sample
+    user_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x_train) != len(self.y_train):
+            raise ValueError(f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} labels")
+        if len(self.x_test) != len(self.y_test):
+            raise ValueError(f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} labels")
+        if self.users_train is not None and len(self.users_train) != len(self.y_train):
+            raise ValueError(f"{self.name}: users_train has {len(self.users_train)} entries, expected {len(self.y_train)}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        users = "" if self.user_names is None else f", users={len(self.user_names)}"
+        return (
+            f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"input_shape={self.input_shape}, num_classes={self.num_classes}{users})"
+        )
+
+
+@dataclass(frozen=True)
+class Loader:
+    """Registry entry: ``load(root, **options)`` builds the task, ``check(root)`` only looks for files."""
+
+    load: Callable[..., Dataset]
+    check: Callable[[str | None], None]
+    summary: str
+
+
+def load_digits(root: str | None = None, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 samples): needs no files, ideal for smoke runs.
+
+    The stratified train/test split uses a fixed seed so that every run sees the same test set.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    bunch = sk_digits()
+    x = (bunch.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=0
+    )
+    return Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
+
+
+def _no_files(root: str | None = None) -> None:
+    return None
+
+
+DATASETS: dict[str, Loader] = {}
+
+
+def _get(name: str) -> Loader:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown data.dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}"
+        ) from None
+
+
+def check_available(name: str, root: str | None = None) -> None:
+    """Raise ``FileNotFoundError`` (with where/how-to-get) unless ``name`` can be loaded from ``root``."""
+    _get(name).check(root)
+
+
+def load(name: str, root: str | None = None, **options) -> Dataset:
+    """Load ``data.dataset = name`` from ``data.root = root``.
+
+    ``limit_train`` / ``limit_test`` keep the first k samples of each split (for
+    quick runs); other options go to the dataset's loader (e.g. ``test_fraction``
+    for digits, ``vocab_size``/``seq_len`` for leaf-sent140).
+    """
+    loader = _get(name)
+    limit_train = options.pop("limit_train", None)
+    limit_test = options.pop("limit_test", None)
+    accepted = [p for p in inspect.signature(loader.load).parameters if p != "root"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        valid = ", ".join(["limit_train", "limit_test", *accepted])
+        raise ValueError(f"data.dataset {name!r} has no option {', '.join(unknown)}; valid options: {valid}")
+    for key, value in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise ValueError(f"data.{key} must be a non-negative integer or unset, got {value!r}")
+    data = loader.load(root, **options)
+    if limit_train is not None:
+        data.x_train, data.y_train = data.x_train[:limit_train], data.y_train[:limit_train]
+        if data.users_train is not None:
+            data.users_train = data.users_train[:limit_train]
+    if limit_test is not None:
+        data.x_test, data.y_test = data.x_test[:limit_test], data.y_test[:limit_test]
+    return data
+
+
+# The loader modules import Dataset from this module, so they are imported after it exists.
+from . import cifar, idx, leaf  # noqa: E402
+
+DATASETS.update(
+    {
+        "digits": Loader(load_digits, _no_files, "scikit-learn 8x8 digits, bundled, 10 classes"),
+        "mnist": Loader(idx.load_mnist, idx.check_mnist, "MNIST IDX files, 10 classes"),
+        "fashion-mnist": Loader(idx.load_fashion_mnist, idx.check_fashion_mnist, "Fashion-MNIST IDX files, 10 classes"),
+        "cifar10": Loader(cifar.load_cifar10, cifar.check_cifar10, "CIFAR-10 python batches, 10 classes"),
+        "leaf-femnist": Loader(leaf.load_femnist, lambda root=None: leaf.check_leaf("femnist", root),
+                               "LEAF FEMNIST JSON, 62 classes, per-writer users"),
+        "leaf-celeba": Loader(leaf.load_celeba, lambda root=None: leaf.check_leaf("celeba", root),
+                              "LEAF CelebA JSON + img_align_celeba, 2 classes"),
+        "leaf-shakespeare": Loader(leaf.load_shakespeare, lambda root=None: leaf.check_leaf("shakespeare", root),
+                                   "LEAF Shakespeare JSON, next character over 80 symbols"),
+        "leaf-sent140": Loader(leaf.load_sent140, lambda root=None: leaf.check_leaf("sent140", root),
+                               "LEAF Sent140 JSON, 2 classes"),
+    }
+)

@@ -1,0 +1,113 @@
+"""Everything an engine needs, built once from a validated config.
+
+Loading data, partitioning it, drawing the topology, and instantiating the model are
+independent of how nodes are executed, so every engine starts from an ``Experiment``.
+Problems only visible after loading (a partition that leaves a node without data) are
+raised here as ``ConfigError``, before any training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from meshlearn import algorithms, data, models, sharing, topology
+from meshlearn.config import ConfigError, ExperimentConfig
+from meshlearn.nodes import ParamLayout
+from meshlearn.training import LocalTrainer, default_batching
+
+__all__ = ["Experiment"]
+
+
+@dataclass
+class Experiment:
+    config: ExperimentConfig
+    dataset: data.Dataset
+    parts: list[np.ndarray]           # training-sample indices of each node
+    graph: nx.Graph
+    mixing: sp.csr_matrix             # N×N mixing matrix W (float64)
+    model: nn.Module                  # template: structure and the shared initial weights
+    layout: ParamLayout
+    batching: str
+    chunk_size: int
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig) -> "Experiment":
+        try:
+            dataset = data.load(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+            parts = data.partition(dataset.y_train, cfg.nodes, cfg.data.partition, cfg.seed,
+                                   alpha=cfg.data.alpha, shards_per_node=cfg.data.shards_per_node,
+                                   users=dataset.users_train, min_samples=cfg.data.min_samples)
+            graph = _build_graph(cfg)
+            mixing = topology.mixing_matrix(graph, cfg.topology.weights)
+            torch.manual_seed(cfg.seed)
+            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+            layout = ParamLayout.of(model)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(str(exc)) from None
+        batching, chunk = default_batching(cfg.model.name)
+        if cfg.engine.batching != "auto":
+            batching = cfg.engine.batching
+        return cls(cfg, dataset, parts, graph, mixing, model, layout, batching,
+                   cfg.engine.chunk_size or chunk)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.config.nodes
+
+    def initial_params(self, node_ids: list[int]) -> torch.Tensor:
+        """(B, P) starting models: one shared initialization, or one per node seeded by its id."""
+        if self.config.model.same_init:
+            return self.layout.flatten(self.model).repeat(len(node_ids), 1)
+        rows = []
+        for node in node_ids:
+            torch.manual_seed(hash((self.config.seed, node, "init")) % (2**63))
+            rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
+                                                         self.dataset.num_classes, **self.config.model.options)))
+        return torch.stack(rows)
+
+    def make_trainer(self, node_ids: list[int]) -> LocalTrainer:
+        cfg = self.config
+        return LocalTrainer(
+            _structure_copy(self.model), self.layout, cfg.training,
+            torch.from_numpy(self.dataset.x_train), torch.from_numpy(self.dataset.y_train),
+            {node: self.parts[node] for node in node_ids}, cfg.seed,
+            batching=self.batching, chunk_size=self.chunk_size,
+        )
+
+    def make_algorithm(self) -> algorithms.Algorithm:
+        cfg = self.config
+        return algorithms.build(cfg.algorithm.name, sharing.build(cfg.sharing.name))
+
+    def neighbours(self, node: int) -> list[int]:
+        return sorted(self.graph.neighbors(node))
+
+
+def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
+    topo = cfg.topology
+    if topo.kind == "file":
+        graph = topology.read_graph(topo.path)
+        if graph.number_of_nodes() != cfg.nodes:
+            raise ValueError(f"topology.path = {topo.path!r} has {graph.number_of_nodes()} nodes but "
+                             f"nodes = {cfg.nodes}; make them agree")
+    else:
+        graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.generator_params())
+    if cfg.nodes > 1 and not topology.is_connected(graph):
+        raise ValueError("the topology is not connected, so models can never reach consensus; "
+                         "raise topology.degree / topology.p or fix the topology file")
+    return graph
+
+
+def _structure_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

@@ -1,0 +1,159 @@
+"""Model zoo: small, standard architectures of the decentralized-learning literature.
+
+Every model is a plain ``torch.nn.Module`` so that one definition serves both the
+batched simulator (``torch.func.functional_call`` over stacked parameters) and the
+per-node engines. ``build`` also accepts any module by import path
+(``"package.module:ClassName"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LogisticRegression",
+    "MLP",
+    "LeNet",
+    "FEMNISTCNN",
+    "CharLSTM",
+    "MODELS",
+    "build",
+    "num_parameters",
+]
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression on flattened inputs."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(_flat_size(input_shape), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.reshape(x.shape[0], -1))
+
+
+class MLP(nn.Module):
+    """Fully connected network with ReLU hidden layers."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (64,)):
+        super().__init__()
+        sizes = [_flat_size(input_shape), *hidden]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(x.shape[0], -1))
+
+
+class LeNet(nn.Module):
+    """LeNet-5-style CNN for 28×28 (MNIST-like) or 32×32 (CIFAR-like) images."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        channels, height, width = _image_shape(input_shape, "lenet")
+        pad = 2 if height == 28 else 0  # 28×28 inputs are padded to the classic 32×32
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = ((height + 2 * pad - 4) // 2 - 4) // 2
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * side * side, 120), nn.ReLU(),
+            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class FEMNISTCNN(nn.Module):
+    """The FEMNIST CNN: two 5×5 conv + max-pool blocks (32, 64 channels), then FC.
+
+    With the default 512 hidden units this is the ≈1.7 M-parameter model (62 classes,
+    28×28 inputs) DecentralizePy uses for FEMNIST; ``hidden=2048`` gives LEAF's original.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 512):
+        super().__init__()
+        channels, height, width = _image_shape(input_shape, "femnist_cnn")
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * (height // 4) * (width // 4), hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class CharLSTM(nn.Module):
+    """LEAF Shakespeare next-character model: embedding, 2-layer LSTM, linear head."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, embedding_dim: int = 8,
+                 hidden_size: int = 256, num_layers: int = 2, vocab_size: int | None = None):
+        super().__init__()
+        vocab = vocab_size or num_classes
+        self.embedding = nn.Embedding(vocab, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embedding(x.long()))
+        return self.head(out[:, -1])
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": LogisticRegression,
+    "mlp": MLP,
+    "lenet": LeNet,
+    "femnist_cnn": FEMNISTCNN,
+    "char_lstm": CharLSTM,
+}
+
+
+def build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """Instantiate a registered model or ``"pkg.module:Class"``; the class gets
+    ``(input_shape, num_classes, **kwargs)``."""
+    if name in MODELS:
+        factory = MODELS[name]
+    elif ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model.name = {name!r} could not be imported ({exc}); "
+                             "give an importable 'package.module:ClassName'") from exc
+    else:
+        raise ValueError(f"model.name = {name!r} is unknown; use one of {sorted(MODELS)} "
+                         "or an import path 'package.module:ClassName'")
+    return factory(tuple(input_shape), num_classes, **kwargs)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _flat_size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for dim in shape:
+        size *= int(dim)
+    return size
+
+
+def _image_shape(shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
+    if len(shape) != 3 or shape[1] not in (28, 32) or shape[1] != shape[2]:
+        raise ValueError(f"model {model!r} needs (channels, 28|32, 28|32) images, got input shape "
+                         f"{tuple(shape)}; pick a dataset of 28×28 or 32×32 images or model.name = 'mlp'")
+    return int(shape[0]), int(shape[1]), int(shape[2])

@@ -1,0 +1,354 @@
+"""Plot learning curves from run directories written by the runner.
+
+A run directory holds ``rounds.jsonl`` (one JSON object per evaluation round),
+``nodes.jsonl``, ``config.toml`` and, once the run ends, ``summary.json``.
+Runs that were killed may lack ``summary.json`` and end with a truncated
+line; both are tolerated so that partial results can still be inspected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+# Rendering goes through ``Figure`` objects, never pyplot, so plots work on
+# headless machines.  Switching the backend after pyplot is imported would
+# close the caller's open figures (e.g. in a notebook), so only pick Agg when
+# nobody has chosen yet.
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+__all__ = [
+    "Run",
+    "X_AXIS_ALIASES",
+    "available_metrics",
+    "band_keys",
+    "build_figure",
+    "disambiguate_labels",
+    "load_run",
+    "load_runs",
+    "plot_runs",
+    "resolve_x_axis",
+]
+
+#: Short names accepted for x-axes (``time`` is resolved per set of runs).
+X_AXIS_ALIASES: dict[str, str] = {
+    "round": "round",
+    "rounds": "round",
+    "bytes": "bytes_sent_per_node",
+    "bytes_sent_per_node": "bytes_sent_per_node",
+    "time": "time",
+    "wall": "wall_time_s",
+    "wall_time_s": "wall_time_s",
+    "sim": "sim_time_s",
+    "sim_time_s": "sim_time_s",
+}
+
+_AXIS_LABELS: dict[str, str] = {
+    "round": "round",
+    "bytes_sent_per_node": "cumulative bytes sent per node [MB]",
+    "wall_time_s": "wall-clock time [s]",
+    "sim_time_s": "simulated time [s]",
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """One run directory, loaded for plotting."""
+
+    path: Path
+    label: str
+    rounds: list[dict[str, Any]]
+    summary: dict[str, Any] | None = None
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass but a flag is not a plottable quantity.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read JSON-object lines, skipping unparsable lines at the end.
+
+    A killed writer can only damage the tail; damage before valid records
+    means the file is corrupt, which is reported rather than hidden.
+    """
+    records: list[dict[str, Any]] = []
+    bad_line: int | None = None
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                if bad_line is None:
+                    bad_line = lineno
+                continue
+            if bad_line is not None:
+                raise ValueError(f"{path}: line {bad_line} is not a JSON object")
+            records.append(obj)
+    return records
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load ``rounds.jsonl`` and, if present, ``summary.json`` from ``run_dir``."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist or is not a directory")
+    rounds_path = path / "rounds.jsonl"
+    if not rounds_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a meshlearn run directory (no rounds.jsonl)"
+        )
+    rounds = _read_jsonl(rounds_path)
+
+    summary: dict[str, Any] | None = None
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        try:
+            loaded = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            loaded = None  # half-written by a killed run: treat as absent
+        if isinstance(loaded, dict):
+            summary = loaded
+
+    name = summary.get("name") if summary else None
+    label = name if isinstance(name, str) and name.strip() else path.resolve().name
+    return Run(path=path, label=label, rounds=rounds, summary=summary)
+
+
+def _path_suffix(path: Path, depth: int) -> str:
+    parts = path.resolve().parts
+    return "/".join(parts[-depth:]) if parts else str(path)
+
+
+def disambiguate_labels(runs: Sequence[Run]) -> list[Run]:
+    """Return copies of ``runs`` whose labels are unique.
+
+    Runs sharing a label get the directory name appended (more path
+    components if the directory names collide too), so legends stay readable.
+    """
+    counts = Counter(run.label for run in runs)
+    out = list(runs)
+    for label, count in counts.items():
+        if count < 2:
+            continue
+        idx = [i for i, run in enumerate(runs) if run.label == label]
+        max_depth = max(len(runs[i].path.resolve().parts) for i in idx)
+        for depth in range(1, max_depth + 1):
+            suffixes = [_path_suffix(runs[i].path, depth) for i in idx]
+            if len(set(suffixes)) == len(suffixes):
+                break
+        else:
+            # Same directory passed twice: number them instead.
+            suffixes = [f"#{n}" for n in range(1, len(idx) + 1)]
+        for i, suffix in zip(idx, suffixes):
+            out[i] = dataclasses.replace(runs[i], label=f"{label} ({suffix})")
+    return out
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> list[Run]:
+    """Load several run directories with unique labels."""
+    return disambiguate_labels([load_run(d) for d in run_dirs])
+
+
+def available_metrics(runs: Sequence[Run]) -> list[str]:
+    """Numeric round keys present in any run, i.e. what can be plotted."""
+    keys: set[str] = set()
+    for run in runs:
+        for rec in run.rounds:
+            keys.update(k for k, v in rec.items() if _is_number(v))
+    keys.discard("round")
+    return sorted(keys)
+
+
+def band_keys(metric: str, runs: Sequence[Run]) -> tuple[str, str] | None:
+    """``(min_key, max_key)`` for a ``*_mean`` metric whose spread is recorded."""
+    if not metric.endswith("_mean"):
+        return None
+    base = metric[: -len("_mean")]
+    lo, hi = f"{base}_min", f"{base}_max"
+    for run in runs:
+        for rec in run.rounds:
+            if _is_number(rec.get(lo)) and _is_number(rec.get(hi)):
+                return lo, hi
+    return None
+
+
+def resolve_x_axis(name: str, runs: Sequence[Run]) -> str:
+    """Map an x-axis name or alias to a round key.
+
+    ``time`` means simulated time only when every round of every run has it,
+    so that all curves share one clock; otherwise wall-clock time.
+    """
+    key = X_AXIS_ALIASES.get(name, name)
+    if key != "time":
+        return key
+    records = [rec for run in runs for rec in run.rounds]
+    if records and all(_is_number(rec.get("sim_time_s")) for rec in records):
+        return "sim_time_s"
+    return "wall_time_s"
+
+
+def _format_mb(value: float, _pos: int) -> str:
+    return f"{value / 1e6:g}"
+
+
+def _series(
+    run: Run, x_key: str, y_key: str, band: tuple[str, str] | None
+) -> tuple[list[float], list[float], list[tuple[float, float, float]]]:
+    """Points sorted by x; band points only where both bounds exist."""
+    pts = []
+    for rec in run.rounds:
+        x, y = rec.get(x_key), rec.get(y_key)
+        if _is_number(x) and _is_number(y):
+            pts.append((float(x), float(y), rec))
+    pts.sort(key=lambda p: p[0])
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    spread: list[tuple[float, float, float]] = []
+    if band is not None:
+        lo_key, hi_key = band
+        for x, _y, rec in pts:
+            lo, hi = rec.get(lo_key), rec.get(hi_key)
+            if _is_number(lo) and _is_number(hi):
+                spread.append((x, float(lo), float(hi)))
+    return xs, ys, spread
+
+
+def _legend_label(run: Run) -> str:
+    status = run.summary.get("status") if run.summary else None
+    if isinstance(status, str) and status and status != "completed":
+        return f"{run.label} [{status}]"
+    return run.label
+
+
+def build_figure(
+    runs: Sequence[Run],
+    metric: str = "test_acc_mean",
+    x_axes: Sequence[str] = ("round", "bytes_sent_per_node", "time"),
+) -> Figure:
+    """Draw ``metric`` against each x-axis, one panel per axis, one line per run.
+
+    Kept separate from saving so callers (and tests) can inspect or restyle
+    the figure.  Raises ``ValueError`` for an empty run list, an unknown
+    metric or x-axis.
+    """
+    runs = disambiguate_labels(list(runs))
+    if not runs:
+        raise ValueError("no runs to plot")
+    if not x_axes:
+        raise ValueError("no x-axes to plot against")
+    metrics = available_metrics(runs)
+    if metric not in metrics:
+        avail = ", ".join(metrics) if metrics else "(none: no rounds recorded)"
+        raise ValueError(f"unknown metric {metric!r}; available: {avail}")
+    x_keys = []
+    for name in x_axes:
+        key = resolve_x_axis(name, runs)
+        if key != "round" and key not in metrics:
+            known = ", ".join(sorted(X_AXIS_ALIASES))
+            raise ValueError(
+                f"unknown x-axis {name!r}; use one of {known} or a numeric key"
+            )
+        x_keys.append(key)
+
+    band = band_keys(metric, runs)
+    n = len(x_keys)
+    fig = Figure(figsize=(4.8 * n, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+
+    handles: dict[str, Any] = {}
+    any_band = False
+    for ax, x_key in zip(axes, x_keys):
+        plotted = False
+        for i, run in enumerate(runs):
+            color = colors[i % len(colors)]
+            xs, ys, spread = _series(run, x_key, metric, band)
+            if not xs:
+                continue
+            plotted = True
+            # Markers keep sparse curves (few evaluations, single point) visible.
+            marker = "o" if len(xs) <= 30 else None
+            (line,) = ax.plot(
+                xs, ys, color=color, marker=marker, markersize=3, linewidth=1.5
+            )
+            handles.setdefault(_legend_label(run), line)
+            if len(spread) >= 1:
+                any_band = True
+                ax.fill_between(
+                    [s[0] for s in spread],
+                    [s[1] for s in spread],
+                    [s[2] for s in spread],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
+        ax.set_xlabel(_AXIS_LABELS.get(x_key, x_key))
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+        if x_key == "bytes_sent_per_node":
+            ax.xaxis.set_major_formatter(FuncFormatter(_format_mb))
+        if not plotted:
+            ax.text(
+                0.5, 0.5, f"no {x_key} data", transform=ax.transAxes,
+                ha="center", va="center", color="gray",
+            )
+
+    title = metric
+    if band is not None and any_band:
+        title += f"  (shaded: {band[0]} .. {band[1]})"
+    fig.suptitle(title)
+    if handles:
+        labels = list(handles)
+        lines = list(handles.values())
+        if any_band:
+            lines.append(Patch(color="gray", alpha=0.3, linewidth=0))
+            labels.append("min..max across nodes")
+        fig.legend(
+            lines, labels, loc="outside lower center",
+            ncols=min(len(labels), 4), fontsize="small", frameon=False,
+        )
+    return fig
+
+
+def plot_runs(
+    runs: Sequence[Run],
+    out_path: str | Path,
+    metric: str = "test_acc_mean",
+    x_axes: Sequence[str] = ("round", "bytes_sent_per_node", "time"),
+) -> Path:
+    """Render ``build_figure`` to ``out_path`` (format from the extension, dpi 120).
+
+    A path without an extension gets ``.png``.  Returns the written path.
+    """
+    out = Path(out_path)
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    fmt = out.suffix[1:].lower()
+    supported = Figure().canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"unsupported output format {out.suffix!r}; use one of "
+            + ", ".join(f".{k}" for k in sorted(supported))
+        )
+    fig = build_figure(runs, metric=metric, x_axes=x_axes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, format=fmt)
+    return out
