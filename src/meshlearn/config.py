@@ -167,7 +167,7 @@ def parse_config(raw: dict[str, Any], *, check_files: bool = True) -> Experiment
             cfg.check_data_available()
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # dataset unknown or its files missing
         raise ConfigError(str(exc)) from None
     return cfg
 

@@ -1,9 +1,10 @@
 """Local training of a batch of nodes on their private data.
 
-Written once for a stack of B nodes with flat parameters (see ``nodes``): per-node
-gradients come from ``torch.func`` — ``vmap(grad(...))`` over chunks of nodes, or the same
-``grad`` applied node by node ("loop", for models whose batching rules are slow, such as
-LSTMs) — and the optimizers are torch's SGD/Adam update rules written on (B, P) rows so that
+Written once for a stack of B nodes with flat parameters (see ``nodes``). Per-node
+gradients come from one backward pass over the sum of the nodes' losses, with the forward
+pass either batched over a chunk of nodes (``torch.func.vmap`` of ``functional_call``) or
+run node by node ("loop", for models whose batched kernels are slower than their plain
+ones, such as convolutions and LSTMs). The optimizers are torch's SGD/Adam update rules written on (B, P) rows so that
 every node's update is exactly what ``torch.optim`` would do to a standalone copy.
 Nodes are processed chunk by chunk, all local steps of a chunk at once, so a chunk's
 weights stay in cache across its steps.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from meshlearn.config import TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
@@ -25,9 +26,10 @@ from meshlearn.nodes import NodeBatch, ParamLayout
 __all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "node_rng"]
 
 # Batched training per model, chosen by measurement (benchmarks/sim_scaling.py):
-# torch.func's LSTM batching is slow, so recurrent models train node by node.
-_LOOP_MODELS = {"char_lstm"}
-_CHUNK_SIZES = {"logreg": 64, "mlp": 64, "lenet": 32, "femnist_cnn": 16}
+# batched (vmap) convolutions and LSTMs are slower than running their plain kernels
+# node by node, so those models train in a loop over nodes.
+_LOOP_MODELS = {"char_lstm", "lenet", "femnist_cnn"}
+_CHUNK_SIZES = {"logreg": 32, "mlp": 64}
 
 
 def default_batching(model_name: str) -> tuple[str, int]:
@@ -72,10 +74,16 @@ class BatchSampler:
 
 
 class Optimizer:
-    """torch.optim's SGD (momentum, Nesterov, weight decay) and Adam, on (B, P) rows."""
+    """torch.optim's SGD (momentum, Nesterov, weight decay) and Adam on stacked nodes.
 
-    def __init__(self, cfg: TrainingConfig):
+    Parameters and state are (B, P) rows; updates run as ``torch._foreach_*`` ops on the
+    per-parameter views of those rows, as torch.optim's foreach path does, so no gradient
+    is copied into a flat buffer.
+    """
+
+    def __init__(self, cfg: TrainingConfig, layout: ParamLayout):
         self.cfg = cfg
+        self.layout = layout
 
     def init_state(self, nodes: NodeBatch) -> None:
         cfg, params = self.cfg, nodes.params
@@ -86,38 +94,48 @@ class Optimizer:
             nodes.state["exp_avg_sq"] = torch.zeros_like(params)
             nodes.state["adam_step"] = torch.zeros(len(nodes), dtype=torch.float64)
 
-    def step(self, params: torch.Tensor, grads: torch.Tensor, state: dict[str, torch.Tensor],
+    def _views(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.layout.views(rows).values())
+
+    @torch.no_grad()
+    def step(self, params: torch.Tensor, grads: list[torch.Tensor], state: dict[str, torch.Tensor],
              active: torch.Tensor | None = None) -> None:
-        """Update ``params`` (rows of a chunk) in place; rows where ``active`` is False keep
-        their parameters and state (nodes that finished their local epochs)."""
-        if active is not None and bool(active.all()):
-            active = None
-        if active is not None:
-            saved = {"params": params.clone(), **{k: v.clone() for k, v in state.items()}}
-        cfg = self.cfg
+        """Update the (c, P) rows ``params`` in place from per-parameter gradients (c, *shape).
+
+        Rows where ``active`` is False keep their parameters and state (nodes that already
+        finished their local epochs this round).
+        """
+        keep = None if active is None or bool(active.all()) else ~active
+        if keep is not None:
+            saved = {"params": params[keep].clone(), **{k: v[keep].clone() for k, v in state.items()}}
+        cfg, p = self.cfg, self._views(params)
         if cfg.weight_decay:
-            grads = grads.add(params, alpha=cfg.weight_decay)
+            grads = torch._foreach_add(grads, p, alpha=cfg.weight_decay)
         if cfg.optimizer == "sgd":
             if cfg.momentum > 0:
-                buf = state["momentum_buffer"]
-                buf.mul_(cfg.momentum).add_(grads)
-                grads = grads.add(buf, alpha=cfg.momentum) if cfg.nesterov else buf
-            params.add_(grads, alpha=-cfg.lr)
+                buf = self._views(state["momentum_buffer"])
+                torch._foreach_mul_(buf, cfg.momentum)
+                torch._foreach_add_(buf, grads)
+                grads = torch._foreach_add(grads, buf, alpha=cfg.momentum) if cfg.nesterov else buf
+            torch._foreach_add_(p, grads, alpha=-cfg.lr)
         else:
             beta1, beta2 = cfg.betas
             step = state["adam_step"]
             step += 1
-            state["exp_avg"].lerp_(grads, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
-            bias1 = (1 - beta1 ** step).to(params.dtype).unsqueeze(1)
-            bias2_sqrt = (1 - beta2 ** step).sqrt().to(params.dtype).unsqueeze(1)
-            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(cfg.eps)
-            params.addcdiv_(state["exp_avg"], denom * (bias1 / cfg.lr), value=-1.0)
-        if active is not None:
-            keep = ~active
-            params[keep] = saved["params"][keep]
-            for key, value in state.items():
-                value[keep] = saved[key][keep]
+            exp_avg, exp_avg_sq = self._views(state["exp_avg"]), self._views(state["exp_avg_sq"])
+            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            step_size = (cfg.lr / (1 - beta1 ** step)).to(params.dtype)
+            bias2_sqrt = (1 - beta2 ** step).sqrt().to(params.dtype)
+            for param, avg, avg_sq in zip(p, exp_avg, exp_avg_sq):
+                shape = (-1,) + (1,) * (param.dim() - 1)
+                denom = (avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(cfg.eps)
+                param.sub_(avg / denom * step_size.view(shape))
+        if keep is not None:
+            params[keep] = saved.pop("params")
+            for key, value in saved.items():
+                state[key][keep] = value
 
 
 class LocalTrainer:
@@ -132,20 +150,19 @@ class LocalTrainer:
         self.x_train, self.y_train = x_train, y_train
         self.batching = batching
         self.chunk_size = max(1, chunk_size)
-        self.optimizer = Optimizer(cfg)
+        self.optimizer = Optimizer(cfg, layout)
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
                          for node, idx in parts.items()}
         self._steps = {node: self._local_steps(len(idx)) for node, idx in parts.items()}
-        self._grad = grad_and_value(self._loss)
-        self._vgrad = vmap(self._grad)
+        self._batched_forward = vmap(self._forward)
 
     def _local_steps(self, num_samples: int) -> int:
         if self.cfg.local_epochs is None:
             return int(self.cfg.local_steps)
         return max(1, math.ceil(self.cfg.local_epochs * num_samples / self.cfg.batch_size))
 
-    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(self.model, params, (x,)), y)
+    def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,))
 
     def init_state(self, nodes: NodeBatch) -> None:
         self.optimizer.init_state(nodes)
@@ -163,32 +180,44 @@ class LocalTrainer:
     def _train_chunk(self, ids: list[int], params: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
         steps = [self._steps[node] for node in ids]
         total = max(steps)
-        index = torch.from_numpy(np.stack([self.samplers[n].next_batches(total) if s == total else
-                                           _pad_steps(self.samplers[n].next_batches(s), total)
-                                           for n, s in zip(ids, steps)]))
-        xs, ys = self.x_train[index], self.y_train[index]  # (c, steps, batch, ...)
+        index = np.stack([_pad_steps(self.samplers[node].next_batches(s), total)
+                          for node, s in zip(ids, steps)], axis=1)  # (steps, c, batch)
+        index = torch.from_numpy(index)
+        xs, ys = self.x_train[index], self.y_train[index]  # step-major: each step's inputs are contiguous
         steps_t = torch.tensor(steps)
-        grads = torch.empty_like(params)
-        grad_views = self.layout.views(grads)
         loss_sum = torch.zeros(len(ids))
         for step in range(total):
             active = steps_t > step
             if self.batching == "vmap":
-                step_grads, loss = self._vgrad(self.layout.views(params), xs[:, step], ys[:, step])
+                loss = self._vmap_step(params, state, xs[step], ys[step], active)
             else:
-                step_grads, loss = self._loop_grads(params, xs[:, step], ys[:, step])
-            for name, value in step_grads.items():
-                grad_views[name].copy_(value)
-            self.optimizer.step(params, grads, state, active)
-            loss_sum += torch.where(active, loss.detach(), 0.0)
+                loss = torch.stack([self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
+                                                    xs[step, i], ys[step, i], active[i:i + 1])
+                                    for i in range(len(ids))])
+            loss_sum += torch.where(active, loss, 0.0)
         return loss_sum / steps_t
 
-    def _loop_grads(self, params, xs, ys):
-        per_node = [self._grad(self.layout.views(params[i]), xs[i], ys[i]) for i in range(len(params))]
-        grads = {name: torch.stack([g[name] for g, _ in per_node]) for name in self.layout.names}
-        return grads, torch.stack([loss for _, loss in per_node])
+    def _vmap_step(self, params, state, x, y, active) -> torch.Tensor:
+        """One step of every node in the chunk: batched forward, one backward of the summed
+        per-node losses (node i's gradient is that of its own loss)."""
+        leaves = {k: v.detach().requires_grad_() for k, v in self.layout.views(params).items()}
+        logits = self._batched_forward(leaves, x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        self.optimizer.step(params, list(grads), state, active)
+        return loss.detach()
+
+    def _node_step(self, row, state, x, y, active) -> torch.Tensor:
+        """One step of one node (a (1, P) row): plain autograd on its own forward pass."""
+        leaves = {k: v[0].detach().requires_grad_() for k, v in self.layout.views(row).items()}
+        loss = F.cross_entropy(self._forward(leaves, x), y)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        self.optimizer.step(row, [g.unsqueeze(0) for g in grads], state, active)
+        return loss.detach()
 
 
 def _pad_steps(batches: np.ndarray, total: int) -> np.ndarray:
     """Repeat the last batch for steps a node skips (its update is masked out)."""
+    if len(batches) == total:
+        return batches
     return np.concatenate([batches, np.repeat(batches[-1:], total - len(batches), axis=0)])

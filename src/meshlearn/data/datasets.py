@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits"]
+__all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits", "load_synthetic"]
 
 
 @dataclass(repr=False)
@@ -79,6 +79,25 @@ def load_digits(root: str | None = None, test_fraction: float = 0.2) -> Dataset:
     return Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
 
 
+def load_synthetic(root: str | None = None, shape: tuple[int, ...] | list[int] = (1, 28, 28),
+                   num_classes: int = 10, train_samples: int = 6400, test_samples: int = 1000,
+                   seed: int = 0) -> Dataset:
+    """Gaussian class clusters of any input shape: a learnable task of any size, for
+    benchmarks and scaling studies where only the shapes matter."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) for d in shape)
+    centers = rng.normal(0.0, 1.0, size=(num_classes, *shape)).astype(np.float32)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, num_classes, size=n).astype(np.int64)
+        x = centers[y] + rng.normal(0.0, 2.0, size=(n, *shape)).astype(np.float32)
+        return x, y
+
+    x_train, y_train = split(train_samples)
+    x_test, y_test = split(test_samples)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=num_classes)
+
+
 def _no_files(root: str | None = None) -> None:
     return None
 
@@ -134,6 +153,7 @@ from . import cifar, idx, leaf  # noqa: E402
 DATASETS.update(
     {
         "digits": Loader(load_digits, _no_files, "scikit-learn 8x8 digits, bundled, 10 classes"),
+        "synthetic": Loader(load_synthetic, _no_files, "Gaussian class clusters of any shape, generated"),
         "mnist": Loader(idx.load_mnist, idx.check_mnist, "MNIST IDX files, 10 classes"),
         "fashion-mnist": Loader(idx.load_fashion_mnist, idx.check_fashion_mnist, "Fashion-MNIST IDX files, 10 classes"),
         "cifar10": Loader(cifar.load_cifar10, cifar.check_cifar10, "CIFAR-10 python batches, 10 classes"),

@@ -1,0 +1,67 @@
+"""Config validation: bad input fails before any work, naming the key and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from meshlearn.config import ConfigError, apply_overrides, load_config, parse_config
+from meshlearn.experiment import Experiment
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_quickstart_is_valid_and_round_trips(tmp_path):
+    import tomli_w
+
+    cfg = load_config(EXAMPLES / "quickstart.toml")
+    assert (cfg.nodes, cfg.topology.kind, cfg.topology.degree, cfg.data.partition) == (64, "regular", 4, "dirichlet")
+    path = tmp_path / "resolved.toml"
+    path.write_text(tomli_w.dumps(cfg.to_toml_dict()))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("raw, key, hint", [
+    ({"nodes": 8, "topology": {"kind": "regular", "degree": 8}}, "topology.degree", "lower the degree"),
+    ({"nodes": 7, "topology": {"kind": "regular", "degree": 3}}, "topology.degree", "even"),
+    ({"topology": {"kind": "hypercube"}}, "hypercube", "ring"),
+    ({"trainig": {"lr": 0.1}}, "trainig", "unknown key"),
+    ({"training": {"lr": "fast"}}, "training.lr", "number"),
+    ({"training": {"lr": -1}}, "training.lr", "greater than 0"),
+    ({"nodes": 0}, "nodes", "greater than or equal to 1"),
+    ({"data": {"partition": "random"}}, "data.partition", "dirichlet"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset", "digits"),
+    ({"data": {"dataset": "cifar10", "root": "/nonexistent"}}, "data.root", "cifar-10"),
+    ({"training": {"nesterov": True}}, "training.momentum", "> 0"),
+    ({"evaluation": {"nodes": 100}}, "evaluation.nodes", "0 for all"),
+    ({"topology": {"kind": "file"}}, "topology.path", "topology.path"),
+])
+def test_invalid_configs_name_the_key(raw, key, hint):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    message = str(err.value)
+    assert key in message and hint.lower() in message.lower(), message
+
+
+def test_partition_leaving_a_node_without_data_fails_before_training():
+    cfg = parse_config({"nodes": 400, "data": {"partition": "shards", "shards_per_node": 5},
+                        "topology": {"kind": "ring"}})
+    with pytest.raises(ConfigError, match="shards_per_node"):
+        Experiment.build(cfg)
+
+
+def test_overrides_parse_toml_values_and_reject_junk():
+    raw = apply_overrides({"training": {"lr": 0.1}}, ["training.lr=0.5", "nodes=12", "name=run-a",
+                                                       "model.options.hidden=[32, 16]"])
+    assert raw == {"training": {"lr": 0.5}, "nodes": 12, "name": "run-a",
+                   "model": {"options": {"hidden": [32, 16]}}}
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["training.lr"])
+
+
+def test_missing_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nodes = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
