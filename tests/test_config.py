@@ -34,6 +34,8 @@ def test_quickstart_is_valid_and_round_trips(tmp_path):
     ({"training": {"nesterov": True}}, "training.momentum", "> 0"),
     ({"evaluation": {"nodes": 100}}, "evaluation.nodes", "0 for all"),
     ({"topology": {"kind": "file"}}, "topology.path", "topology.path"),
+    ({"training": {"local_steps": 5, "local_epochs": 1}}, "training.local_epochs", "only one"),
+    ({"training": {"optimizer": "adam", "betas": [1.0, 0.9]}}, "training.betas", "[0, 1)"),
 ])
 def test_invalid_configs_name_the_key(raw, key, hint):
     with pytest.raises(ConfigError) as err:
@@ -47,6 +49,17 @@ def test_partition_leaving_a_node_without_data_fails_before_training():
                         "topology": {"kind": "ring"}})
     with pytest.raises(ConfigError, match="shards_per_node"):
         Experiment.build(cfg)
+
+
+@pytest.mark.parametrize("model, hint", [
+    ({"name": "char_lstm"}, "does not run on data.dataset"),
+    ({"name": "mlp", "options": {"hidden": [16], "dropout": 0.5}}, "dropout"),
+    ({"name": "femnist_cnn"}, "28×28"),
+])
+def test_model_that_does_not_fit_the_data_fails_before_training(model, hint):
+    with pytest.raises(ConfigError, match="model.name") as err:
+        Experiment.build(parse_config({"model": model}))
+    assert hint in str(err.value)
 
 
 def test_overrides_parse_toml_values_and_reject_junk():

@@ -69,3 +69,24 @@ def test_evaluation_subsets_are_reported(tmp_path):
     last = read_jsonl(tmp_path / "rounds.jsonl")[-1]
     assert (last["eval_nodes"], last["eval_samples"]) == (3, 50)
     assert len({n["node"] for n in read_jsonl(tmp_path / "nodes.jsonl")}) == 3
+
+
+@pytest.mark.realdata
+def test_real_fashion_mnist_run_learns(tmp_path):
+    """A short D-PSGD run on the real Fashion-MNIST (Debian's dataset-fashion-mnist)."""
+    import os
+
+    from meshlearn.config import ConfigError
+
+    try:
+        cfg = small_config(data={"dataset": "fashion-mnist", "partition": "shards", "shards_per_node": 2,
+                                 "options": {"limit_train": 4000, "limit_test": 1000}},
+                           model={"name": "logreg"}, rounds=6, evaluation={"every": 3})
+    except ConfigError:
+        if os.environ.get("CI"):
+            raise  # CI installs the package, so missing files are a failure there
+        pytest.skip("real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    run_experiment(cfg, tmp_path)
+    first, *_, last = read_jsonl(tmp_path / "rounds.jsonl")
+    assert last["eval_samples"] == 1000
+    assert last["test_acc_mean"] > max(0.4, first["test_acc_mean"] + 0.2)  # chance is 0.1

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,12 +80,23 @@ class TrainingConfig(_Section):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"training.betas = {list(betas)}: each must be in [0, 1)")
+        return betas
     eps: float = Field(1e-8, gt=0)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainingConfig":
         if self.local_epochs is not None:
+            if "local_steps" in self.model_fields_set and self.local_steps is not None:
+                raise ValueError("set only one of training.local_steps and training.local_epochs")
             object.__setattr__(self, "local_steps", None)
+        if self.optimizer == "adam" and self.momentum:
+            raise ValueError("training.momentum applies to optimizer = 'sgd'; Adam uses training.betas")
         if self.local_steps is None and self.local_epochs is None:
             raise ValueError("set training.local_steps or training.local_epochs")
         if self.nesterov and self.momentum == 0:

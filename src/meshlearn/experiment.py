@@ -8,6 +8,7 @@ raised here as ``ConfigError``, before any training.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import networkx as nx
@@ -19,7 +20,7 @@ from torch import nn
 from meshlearn import algorithms, data, models, sharing, topology
 from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import ParamLayout
-from meshlearn.training import LocalTrainer, default_batching
+from meshlearn.training import LocalTrainer, default_batching, node_rng
 
 __all__ = ["Experiment"]
 
@@ -38,22 +39,20 @@ class Experiment:
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
-        try:
+        try:  # loaders, partitioners and graph builders report bad settings as ValueError
             dataset = data.load(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+            if len(dataset.y_test) == 0:
+                raise ValueError(f"data.dataset = {cfg.data.dataset!r} has no test samples; "
+                                 "raise data.options.limit_test")
             parts = data.partition(dataset.y_train, cfg.nodes, cfg.data.partition, cfg.seed,
                                    alpha=cfg.data.alpha, shards_per_node=cfg.data.shards_per_node,
                                    users=dataset.users_train, min_samples=cfg.data.min_samples)
             graph = _build_graph(cfg)
             mixing = topology.mixing_matrix(graph, cfg.topology.weights)
-            torch.manual_seed(cfg.seed)
-            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
-            layout = ParamLayout.of(model)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-        except (ValueError, TypeError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(str(exc)) from None
+        model = _build_model(cfg, dataset)
+        layout = ParamLayout.of(model)
         batching, chunk = default_batching(cfg.model.name)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
@@ -69,16 +68,17 @@ class Experiment:
         if self.config.model.same_init:
             return self.layout.flatten(self.model).repeat(len(node_ids), 1)
         rows = []
-        for node in node_ids:
-            torch.manual_seed(hash((self.config.seed, node, "init")) % (2**63))
-            rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
-                                                         self.dataset.num_classes, **self.config.model.options)))
+        with torch.random.fork_rng():  # leave the global generator as it was
+            for node in node_ids:
+                torch.manual_seed(int(node_rng(self.config.seed, node, 2).integers(2**63)))
+                rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
+                                                             self.dataset.num_classes, **self.config.model.options)))
         return torch.stack(rows)
 
     def make_trainer(self, node_ids: list[int]) -> LocalTrainer:
         cfg = self.config
         return LocalTrainer(
-            _structure_copy(self.model), self.layout, cfg.training,
+            copy.deepcopy(self.model), self.layout, cfg.training,
             torch.from_numpy(self.dataset.x_train), torch.from_numpy(self.dataset.y_train),
             {node: self.parts[node] for node in node_ids}, cfg.seed,
             batching=self.batching, chunk_size=self.chunk_size,
@@ -87,10 +87,6 @@ class Experiment:
     def make_algorithm(self) -> algorithms.Algorithm:
         cfg = self.config
         return algorithms.build(cfg.algorithm.name, sharing.build(cfg.sharing.name))
-
-    def neighbours(self, node: int) -> list[int]:
-        return sorted(self.graph.neighbors(node))
-
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
     topo = cfg.topology
@@ -107,7 +103,20 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
     return graph
 
 
-def _structure_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
+def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> nn.Module:
+    """Build the model and try it on two samples, so a model that does not fit the data
+    (wrong options, images into an LSTM...) fails before any training."""
+    torch.manual_seed(cfg.seed)
+    try:
+        model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+        ParamLayout.of(model)
+        with torch.no_grad():
+            out = model(torch.from_numpy(dataset.x_train[:2]))
+    except Exception as exc:  # any failure here means the settings do not fit together
+        raise ConfigError(f"model.name = {cfg.model.name!r} with model.options = {cfg.model.options} does not "
+                          f"run on data.dataset = {cfg.data.dataset!r} (input shape {dataset.input_shape}): "
+                          f"{exc}") from None
+    if tuple(out.shape) != (2, dataset.num_classes):
+        raise ConfigError(f"model.name = {cfg.model.name!r} outputs shape {tuple(out.shape[1:])} per sample but "
+                          f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} classes")
+    return model

@@ -22,8 +22,10 @@ def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor,
 
     All models see the same test batch, so the batched path shares the input across nodes
     (``in_dims=(0, None)``): for linear layers that is one large matmul.
+
+    ``model`` only supplies the structure (weights come from ``params``); pass a copy on
+    the meta device to avoid holding a second set of weights.
     """
-    model = model.to("meta") if next(model.parameters()).device.type != "meta" else model
 
     def forward(p, xb):
         return functional_call(model, p, (xb,))

@@ -54,7 +54,7 @@ class ParamLayout:
     def load_into(self, model: nn.Module, flat: torch.Tensor) -> None:
         """Copy a (P,) vector into a module's parameters."""
         with torch.no_grad():
-            for param, (name, view) in zip(model.parameters(), self.views(flat).items()):
+            for param, view in zip(model.parameters(), self.views(flat).values()):
                 param.copy_(view)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import matplotlib
 
+from meshlearn.results import read_jsonl
+
 # Rendering goes through ``Figure`` objects, never pyplot, so plots work on
 # headless machines.  Switching the backend after pyplot is imported would
 # close the caller's open figures (e.g. in a notebook), so only pick Agg when
@@ -79,32 +81,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read JSON-object lines, skipping unparsable lines at the end.
-
-    A killed writer can only damage the tail; damage before valid records
-    means the file is corrupt, which is reported rather than hidden.
-    """
-    records: list[dict[str, Any]] = []
-    bad_line: int | None = None
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict):
-                if bad_line is None:
-                    bad_line = lineno
-                continue
-            if bad_line is not None:
-                raise ValueError(f"{path}: line {bad_line} is not a JSON object")
-            records.append(obj)
-    return records
-
-
 def load_run(run_dir: str | Path) -> Run:
     """Load ``rounds.jsonl`` and, if present, ``summary.json`` from ``run_dir``."""
     path = Path(run_dir)
@@ -115,7 +91,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise FileNotFoundError(
             f"{path} is not a meshlearn run directory (no rounds.jsonl)"
         )
-    rounds = _read_jsonl(rounds_path)
+    rounds = read_jsonl(rounds_path)
 
     summary: dict[str, Any] | None = None
     summary_path = path / "summary.json"

@@ -30,8 +30,8 @@ class RunWriter:
         _append(self._rounds, record)
 
     def write_nodes(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self._nodes.write(json.dumps(_clean(record)) + "\n")
+        # one write per round, so an interrupted run never leaves half a round
+        self._nodes.write("".join(json.dumps(_clean(record)) + "\n" for record in records))
         self._nodes.flush()
 
     def write_json(self, name: str, obj: Any) -> None:
@@ -46,13 +46,29 @@ class RunWriter:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file, skipping a truncated last line."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    """Read JSON-object lines, skipping unparsable lines at the end.
+
+    A killed writer can only damage the tail; damage before valid records
+    means the file is corrupt, which is reported rather than hidden.
+    """
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    bad_line: int | None = None
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                if bad_line is None:
+                    bad_line = lineno
+                continue
+            if bad_line is not None:
+                raise ValueError(f"{path}: line {bad_line} is not a JSON object")
+            records.append(obj)
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import resource
 import sys
@@ -29,15 +30,19 @@ class Evaluator:
 
     def __init__(self, experiment: Experiment):
         cfg = experiment.config.evaluation
-        rng = np.random.default_rng([experiment.config.seed, 0xE7A1])
+        seed = experiment.config.seed
         n, ds = experiment.num_nodes, experiment.dataset
-        self.node_ids = (np.sort(rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
+        # separate streams: changing the node sample must not change the test sample
+        node_rng = np.random.default_rng([seed, 0xE7A1, 0])
+        test_rng = np.random.default_rng([seed, 0xE7A1, 1])
+        self.node_ids = (np.sort(node_rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
                          else np.arange(n))
         m = len(ds.y_test)
-        test_idx = np.sort(rng.choice(m, cfg.test_samples, replace=False)) if 0 < cfg.test_samples < m else None
+        test_idx = np.sort(test_rng.choice(m, cfg.test_samples, replace=False)) if 0 < cfg.test_samples < m else None
         self.x = torch.from_numpy(ds.x_test if test_idx is None else ds.x_test[test_idx])
         self.y = torch.from_numpy(ds.y_test if test_idx is None else ds.y_test[test_idx])
         self.experiment = experiment
+        self.model = copy.deepcopy(experiment.model).to("meta")
         self.cfg = cfg
 
     def __call__(self, params: torch.Tensor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -45,12 +50,12 @@ class Evaluator:
         kwargs = dict(batch_size=self.cfg.batch_size, chunk_size=exp.chunk_size,
                       batched=exp.batching == "vmap")
         sel = torch.from_numpy(self.node_ids)
-        acc, loss = metrics.evaluate_models(exp.model, exp.layout, params[sel], self.x, self.y, **kwargs)
+        acc, loss = metrics.evaluate_models(self.model, exp.layout, params[sel], self.x, self.y, **kwargs)
         record = {**metrics.describe(acc, "test_acc"), **metrics.describe(loss, "test_loss"),
                   "consensus_distance": metrics.consensus_distance(params),
                   "eval_nodes": len(self.node_ids), "eval_samples": len(self.y)}
         if self.cfg.average_model:
-            avg_acc, avg_loss = metrics.evaluate_models(exp.model, exp.layout, params.mean(0, keepdim=True),
+            avg_acc, avg_loss = metrics.evaluate_models(self.model, exp.layout, params.mean(0, keepdim=True),
                                                         self.x, self.y, **kwargs)
             record.update(avg_model_acc=float(avg_acc[0]), avg_model_loss=float(avg_loss[0]))
         per_node = [{"node": int(node), "test_acc": float(a), "test_loss": float(lo)}

@@ -107,7 +107,7 @@ class Optimizer:
         """
         keep = None if active is None or bool(active.all()) else ~active
         if keep is not None:
-            saved = {"params": params[keep].clone(), **{k: v[keep].clone() for k, v in state.items()}}
+            saved = {"params": params[keep], **{k: v[keep] for k, v in state.items()}}  # copies
         cfg, p = self.cfg, self._views(params)
         if cfg.weight_decay:
             grads = torch._foreach_add(grads, p, alpha=cfg.weight_decay)
@@ -191,9 +191,10 @@ class LocalTrainer:
             if self.batching == "vmap":
                 loss = self._vmap_step(params, state, xs[step], ys[step], active)
             else:
-                loss = torch.stack([self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
-                                                    xs[step, i], ys[step, i], active[i:i + 1])
-                                    for i in range(len(ids))])
+                loss = torch.zeros(len(ids))
+                for i in torch.nonzero(active).flatten().tolist():  # nodes done with their epochs rest
+                    loss[i] = self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
+                                              xs[step, i], ys[step, i])
             loss_sum += torch.where(active, loss, 0.0)
         return loss_sum / steps_t
 
@@ -207,12 +208,12 @@ class LocalTrainer:
         self.optimizer.step(params, list(grads), state, active)
         return loss.detach()
 
-    def _node_step(self, row, state, x, y, active) -> torch.Tensor:
+    def _node_step(self, row, state, x, y) -> torch.Tensor:
         """One step of one node (a (1, P) row): plain autograd on its own forward pass."""
         leaves = {k: v[0].detach().requires_grad_() for k, v in self.layout.views(row).items()}
         loss = F.cross_entropy(self._forward(leaves, x), y)
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        self.optimizer.step(row, [g.unsqueeze(0) for g in grads], state, active)
+        self.optimizer.step(row, [g.unsqueeze(0) for g in grads], state)
         return loss.detach()
 
 

@@ -61,7 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        err.print(f"interrupted: results so far are in {out}")
+        err.print(f"interrupted: results so far are in {out}" if out.exists() else "interrupted")
         return 130
     console.print(summary_table(summary))
     console.print(f"results: {out}")

@@ -24,8 +24,8 @@ Payload = dict[str, torch.Tensor]
 class Inbox(ABC):
     """What a batch of nodes received in one round, with the mixing weights of the senders.
 
-    ``self_weight[i]`` is node i's own weight w_ii; weights are renormalized by the engine
-    when a neighbour's message is missing, so they always sum to one per receiver.
+    ``self_weight[i]`` is node i's own weight w_ii; with the senders' weights w_ij they sum
+    to one per receiver (an engine that loses a message renormalizes them).
     """
 
     self_weight: torch.Tensor  # (B,)
