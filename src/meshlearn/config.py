@@ -80,6 +80,7 @@ class TrainingConfig(_Section):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
 
     @field_validator("betas")
     @classmethod
@@ -87,7 +88,6 @@ class TrainingConfig(_Section):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"training.betas = {list(betas)}: each must be in [0, 1)")
         return betas
-    eps: float = Field(1e-8, gt=0)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainingConfig":

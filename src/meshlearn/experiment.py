@@ -51,8 +51,7 @@ class Experiment:
             mixing = topology.mixing_matrix(graph, cfg.topology.weights)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
-        model = _build_model(cfg, dataset)
-        layout = ParamLayout.of(model)
+        model, layout = _build_model(cfg, dataset)
         batching, chunk = default_batching(cfg.model.name)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
@@ -88,6 +87,7 @@ class Experiment:
         cfg = self.config
         return algorithms.build(cfg.algorithm.name, sharing.build(cfg.sharing.name))
 
+
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
     topo = cfg.topology
     if topo.kind == "file":
@@ -103,13 +103,13 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
     return graph
 
 
-def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> nn.Module:
+def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Module, ParamLayout]:
     """Build the model and try it on two samples, so a model that does not fit the data
     (wrong options, images into an LSTM...) fails before any training."""
     torch.manual_seed(cfg.seed)
     try:
         model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
-        ParamLayout.of(model)
+        layout = ParamLayout.of(model)
         with torch.no_grad():
             out = model(torch.from_numpy(dataset.x_train[:2]))
     except Exception as exc:  # any failure here means the settings do not fit together
@@ -119,4 +119,4 @@ def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> nn.Module:
     if tuple(out.shape) != (2, dataset.num_classes):
         raise ConfigError(f"model.name = {cfg.model.name!r} outputs shape {tuple(out.shape[1:])} per sample but "
                           f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} classes")
-    return model
+    return model, layout

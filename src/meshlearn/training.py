@@ -4,8 +4,8 @@ Written once for a stack of B nodes with flat parameters (see ``nodes``). Per-no
 gradients come from one backward pass over the sum of the nodes' losses, with the forward
 pass either batched over a chunk of nodes (``torch.func.vmap`` of ``functional_call``) or
 run node by node ("loop", for models whose batched kernels are slower than their plain
-ones, such as convolutions and LSTMs). The optimizers are torch's SGD/Adam update rules written on (B, P) rows so that
-every node's update is exactly what ``torch.optim`` would do to a standalone copy.
+ones, such as convolutions and LSTMs). The optimizers are torch's SGD/Adam update rules
+written on (B, P) rows so that every node's update is exactly what ``torch.optim`` would do to a standalone copy.
 Nodes are processed chunk by chunk, all local steps of a chunk at once, so a chunk's
 weights stay in cache across its steps.
 """
@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 from meshlearn.config import TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
 
-__all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "node_rng"]
+__all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "local_steps", "node_rng"]
 
 # Batched training per model, chosen by measurement (benchmarks/sim_scaling.py):
 # batched (vmap) convolutions and LSTMs are slower than running their plain kernels
@@ -36,6 +36,13 @@ def default_batching(model_name: str) -> tuple[str, int]:
     """(strategy, chunk size) measured to be fastest for a registered model."""
     strategy = "loop" if model_name in _LOOP_MODELS else "vmap"
     return strategy, _CHUNK_SIZES.get(model_name, 16)
+
+
+def local_steps(cfg: TrainingConfig, num_samples: int) -> int:
+    """Steps a node with ``num_samples`` training samples takes per round."""
+    if cfg.local_epochs is None:
+        return int(cfg.local_steps)
+    return max(1, math.ceil(cfg.local_epochs * num_samples / cfg.batch_size))
 
 
 def node_rng(seed: int, node: int, stream: int) -> np.random.Generator:
@@ -153,13 +160,8 @@ class LocalTrainer:
         self.optimizer = Optimizer(cfg, layout)
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
                          for node, idx in parts.items()}
-        self._steps = {node: self._local_steps(len(idx)) for node, idx in parts.items()}
+        self._steps = {node: local_steps(cfg, len(idx)) for node, idx in parts.items()}
         self._batched_forward = vmap(self._forward)
-
-    def _local_steps(self, num_samples: int) -> int:
-        if self.cfg.local_epochs is None:
-            return int(self.cfg.local_steps)
-        return max(1, math.ceil(self.cfg.local_epochs * num_samples / self.cfg.batch_size))
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from meshlearn.experiment import Experiment
-from meshlearn.training import BatchSampler, node_rng
+from meshlearn.training import BatchSampler, local_steps, node_rng
 
 __all__ = ["ReferenceDPSGD"]
 
@@ -47,15 +46,10 @@ class ReferenceDPSGD:
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
                                nesterov=c.nesterov, weight_decay=c.weight_decay)
 
-    def _steps(self, node: int) -> int:
-        c = self.cfg
-        if c.local_epochs is None:
-            return int(c.local_steps)
-        return max(1, int(np.ceil(c.local_epochs * len(self.experiment.parts[node]) / c.batch_size)))
-
     def train_node(self, node: int) -> None:
         model, opt = self.models[node], self.optimizers[node]
-        for batch in self.samplers[node].next_batches(self._steps(node)):
+        for batch in self.samplers[node].next_batches(
+                local_steps(self.cfg, len(self.experiment.parts[node]))):
             idx = torch.from_numpy(batch)
             opt.zero_grad()
             F.cross_entropy(model(self.x[idx]), self.y[idx]).backward()
