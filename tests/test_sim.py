@@ -61,17 +61,23 @@ def test_mixing_preserves_average_and_reaches_consensus():
     assert sim.nodes.params.var(0).sum() < 1e-3 * spread
 
 
-def test_bytes_are_exact_wire_sizes():
-    cfg = small_config()
+@pytest.mark.parametrize("nodes", [8, 300])  # 300: ids above 255 take wider msgpack ints
+def test_bytes_are_exact_wire_sizes(nodes):
+    cfg = small_config(nodes=nodes, topology__kind="ring", model={"name": "logreg"}, data__dataset="synthetic",
+                       data__options={"train_samples": 4 * nodes, "shape": [3]})
     exp = Experiment.build(cfg)
     sim = SimEngine(exp, run_id="abc")
     sim.run_round(1)
-    for node in range(cfg.nodes):
-        msg = wire.Message("abc", node, 1, "model", {"params": sim.nodes.params[node]})
-        size = sum(len(f) for f in wire.encode(msg))
-        assert sim.bytes_sent[node] == size * exp.graph.degree(node)
-    assert sim.message_bytes == size
-    assert size - exp.layout.size * 4 == wire.header_nbytes(msg) < 200
+    for node in range(nodes):
+        sizes, headers = [], []
+        for dst in exp.graph.neighbors(node):
+            msg = wire.Message("abc", node, 1, "model", {"params": sim.nodes.params[node]}, {"dst": dst})
+            sizes.append(sum(len(f) for f in wire.encode(msg)))
+            headers.append(wire.header_nbytes(msg))
+        assert sim.bytes_sent[node] == sum(sizes)
+        assert sim.header_bytes[node] == sum(headers)
+    assert max(headers) < 200
+    assert sim.message_bytes == exp.layout.size * 4 + sim.header_bytes[0] // 2
 
 
 def test_same_seed_same_models_other_seed_differs():

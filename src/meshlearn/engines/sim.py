@@ -79,13 +79,31 @@ class SimEngine:
         return SimInbox(self.offdiag, self.self_weight, payload)
 
     def _account(self, payload: Payload, rnd: int) -> None:
-        """Charge each node degree × the exact wire size of its message."""
-        payload_bytes = sum(t[0].numel() * t.element_size() for t in payload.values())
-        for node in range(len(self.degree)):
-            message = wire.Message(self.run_id, node, rnd, "model",
-                                   {name: t[node] for name, t in payload.items()})
-            header = wire.header_nbytes(message)
-            self.header_bytes[node] += header * self.degree[node]
-            self.bytes_sent[node] += (header + payload_bytes) * self.degree[node]
-            if node == 0:
-                self.message_bytes = header + payload_bytes
+        """Charge each node the exact wire size of the message it sends each neighbour."""
+        header = message_header_bytes(self.run_id, payload, rnd, self.offdiag)
+        body = payload_bytes(payload)
+        self.header_bytes += header
+        self.bytes_sent += header + body * self.degree
+        self.message_bytes = int(header[0] // max(self.degree[0], 1) + body[0])
+
+
+def payload_bytes(payload: Payload) -> np.ndarray:
+    """Bytes of the tensor frames of each node's message (rows of the stacked payload)."""
+    rows = next(iter(payload.values())).shape[0]
+    return np.full(rows, sum(t[0].numel() * t.element_size() for t in payload.values()), dtype=np.int64)
+
+
+def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.csr_matrix) -> np.ndarray:
+    """Per sender, the total header bytes of its messages to its neighbours this round.
+
+    Headers differ only in the msgpack sizes of the sender and receiver ids, so one packed
+    header prices all of them (``wire.uint_nbytes``); the sum is exact.
+    """
+    base = wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
+                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}))
+    ids = np.arange(adjacency.shape[0])
+    extra = wire.uint_nbytes(ids) - 1
+    degree = np.diff(adjacency.indptr)
+    dst_extra = np.add.reduceat(extra[adjacency.indices], adjacency.indptr[:-1]) if adjacency.nnz else 0
+    dst_extra = np.where(degree > 0, dst_extra, 0)
+    return degree * (base + extra) + dst_extra
