@@ -121,10 +121,46 @@ class EvaluationConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["sim"] = "sim"
+    name: Literal["sim", "processes", "ray"] = "sim"
     batching: Literal["auto", "vmap", "loop"] = "auto"
     chunk_size: int = Field(0, ge=0, description="nodes trained per batched call; 0 = chosen per model")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads per process "
+                                "(default: all cores for sim, cores / workers for processes)")
+    workers: int = Field(2, ge=1, description="processes/ray: worker processes, each hosting nodes / workers nodes")
+    host: str = Field("127.0.0.1", description="processes: address the workers bind to")
+    timeout_s: float = Field(60.0, gt=0, description="processes/ray: how long a node waits for a round's "
+                             "messages before going on without the missing neighbours")
+    max_message_bytes: int = Field(1 << 30, ge=1024, description="larger incoming messages are rejected")
+
+
+class LinkConfig(_Section):
+    """Properties of a network link; unset values fall back to the enclosing section."""
+
+    latency_ms: float | None = Field(None, ge=0, description="one-way delay of every message")
+    bandwidth_mbps: float | None = Field(None, gt=0, description="link rate in Mbit/s (unset: unlimited)")
+    loss: float | None = Field(None, ge=0, lt=1, description="probability that a message is lost")
+
+
+class NodeClassConfig(LinkConfig):
+    nodes: list[int] = Field(description="node ids in this class")
+
+
+class NetworkConfig(_Section):
+    """Network emulation, applied by the transport (processes, ray) and by a virtual clock (sim).
+
+    A link i→j takes the defaults below, then the slowest values of the classes of i and j
+    (highest latency and loss, lowest bandwidth), then its row in ``file`` if any.
+    """
+
+    latency_ms: float = Field(0.0, ge=0, description="one-way delay of every message")
+    bandwidth_mbps: float | None = Field(None, gt=0, description="link rate in Mbit/s (unset: unlimited)")
+    loss: float = Field(0.0, ge=0, lt=1, description="probability that a message is lost")
+    classes: dict[str, NodeClassConfig] = Field(default_factory=dict, description="per-node link classes")
+    file: str | None = Field(None, description="CSV of directed links: src,dst,latency_ms,bandwidth_mbps,loss")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.latency_ms or self.bandwidth_mbps or self.loss or self.classes or self.file)
 
 
 class ExperimentConfig(_Section):
@@ -140,6 +176,7 @@ class ExperimentConfig(_Section):
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -154,6 +191,13 @@ class ExperimentConfig(_Section):
                                  "write one with 'meshlearn topology generate ... -o FILE'")
         else:
             topology.check_params(topo.kind, self.nodes, **topo.generator_params())
+        for name, cls in self.network.classes.items():
+            bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
+            if bad:
+                raise ValueError(f"network.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
+        if self.network.file and not Path(self.network.file).is_file():
+            raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
+                             "header src,dst,latency_ms,bandwidth_mbps,loss")
         if self.evaluation.nodes > self.nodes:
             raise ValueError(f"evaluation.nodes = {self.evaluation.nodes} exceeds nodes = {self.nodes}; "
                              "use 0 for all nodes")

@@ -10,13 +10,16 @@ still accounted exactly: each node is charged, per neighbour, the size of the wi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from meshlearn import wire
+from meshlearn import metrics, wire
+from meshlearn.engines.network import LinkModel, renormalized
+from meshlearn.evaluation import Evaluator, RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, Payload
@@ -56,15 +59,54 @@ class SimEngine:
         self.trainer.init_state(self.nodes)
         self.algorithm = experiment.make_algorithm()
         self.algorithm.setup(self.nodes)
-        mixing = experiment.mixing.tocsr().astype(np.float32)
-        self.self_weight = torch.from_numpy(mixing.diagonal().copy())
-        off = mixing - sp.diags(mixing.diagonal())
+        self.evaluator = Evaluator(experiment)
+        mixing = experiment.mixing.tocsr()
+        self.self_weight64 = mixing.diagonal().copy()
+        off = (mixing - sp.diags(self.self_weight64)).tocsr()
         off.eliminate_zeros()
-        self.offdiag = off.tocsr()
+        off.sort_indices()
+        self.offdiag64 = off
+        self.offdiag = off.astype(np.float32)
+        self.self_weight = torch.from_numpy(self.self_weight64.astype(np.float32))
         self.degree = np.diff(self.offdiag.indptr)
+        self.links = LinkModel(experiment.config.network, off, experiment.config.seed)
         self.bytes_sent = np.zeros(n, dtype=np.int64)      # cumulative, per node
         self.header_bytes = np.zeros(n, dtype=np.int64)    # the header part of bytes_sent
+        self.messages_lost = np.zeros(n, dtype=np.int64)   # incoming messages lost (emulated)
         self.message_bytes = 0                              # size of node 0's last message
+        self.train_time = self.eval_time = 0.0
+        self.sim_time = 0.0 if self.links.enabled else None
+        self._comm_time = 0.0
+        self.last_loss = torch.full((n,), float("nan"))
+
+    # Engine
+    def start(self) -> None:
+        """Nothing to launch: every node lives in this process."""
+
+    def step(self, rnd: int) -> RoundReport:
+        """Round ``rnd`` (0: only the initial evaluation), with its report."""
+        if rnd > 0:
+            t0 = time.perf_counter()
+            self._comm_time = 0.0
+            self.last_loss = self.run_round(rnd)
+            elapsed = time.perf_counter() - t0
+            self.train_time += elapsed
+            if self.sim_time is not None:
+                self.sim_time += elapsed + self._comm_time
+        evaluation = None
+        if self.evaluator.due(rnd):
+            t0 = time.perf_counter()
+            params = self.nodes.params
+            evaluation = self.evaluator.local(self.nodes.ids, params)
+            evaluation.consensus_distance = metrics.consensus_distance(params)
+            self.evaluator.average(evaluation, params.mean(0))
+            self.eval_time += time.perf_counter() - t0
+        return RoundReport(rnd, np.arange(len(self.degree)), self.last_loss.numpy().copy(),
+                           self.bytes_sent.copy(), self.header_bytes.copy(), self.train_time, self.sim_time,
+                           evaluation, self.eval_time, {"messages_lost": self.messages_lost.copy()})
+
+    def close(self) -> dict:
+        return {}
 
     def run_round(self, rnd: int) -> torch.Tensor:
         """One synchronous round for every node; returns per-node training loss."""
@@ -75,16 +117,33 @@ class SimEngine:
         return self.trainer.train(nodes)
 
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
-        self._account(payload, rnd)
-        return SimInbox(self.offdiag, self.self_weight, payload)
+        sizes = self._account(payload, rnd)
+        lost = self.links.lost(rnd)
+        if self.links.enabled:
+            delivered = ~lost
+            if delivered.any():
+                self._comm_time = float(self.links.delay(np.flatnonzero(delivered), sizes[delivered]).max())
+        if not lost.any():
+            return SimInbox(self.offdiag, self.self_weight, payload)
+        np.add.at(self.messages_lost, self.links.receivers[lost], 1)
+        off = self.offdiag64
+        self_w, data = renormalized(self.self_weight64, off.data, self.links.receivers, ~lost)
+        weights = sp.csr_matrix((data, off.indices, off.indptr), shape=off.shape)
+        return SimInbox(weights, torch.from_numpy(self_w), payload)
 
-    def _account(self, payload: Payload, rnd: int) -> None:
-        """Charge each node the exact wire size of the message it sends each neighbour."""
+    def _account(self, payload: Payload, rnd: int) -> np.ndarray:
+        """Charge each node the exact wire size of the message it sends each neighbour;
+        returns the size of every message, per link in CSR order."""
         header = message_header_bytes(self.run_id, payload, rnd, self.offdiag)
         body = payload_bytes(payload)
         self.header_bytes += header
         self.bytes_sent += header + body * self.degree
         self.message_bytes = int(header[0] // max(self.degree[0], 1) + body[0])
+        ids = np.arange(len(body))
+        base = header_base_bytes(self.run_id, payload, rnd)
+        extra = wire.uint_nbytes(ids) - 1
+        senders, receivers = self.offdiag.indices, self.links.receivers
+        return base + extra[senders] + extra[receivers] + body[senders]
 
 
 def payload_bytes(payload: Payload) -> np.ndarray:
@@ -99,11 +158,17 @@ def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.
     Headers differ only in the msgpack sizes of the sender and receiver ids, so one packed
     header prices all of them (``wire.uint_nbytes``); the sum is exact.
     """
-    base = wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
-                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}))
+    base = header_base_bytes(run_id, payload, rnd)
     ids = np.arange(adjacency.shape[0])
     extra = wire.uint_nbytes(ids) - 1
     degree = np.diff(adjacency.indptr)
     dst_extra = np.add.reduceat(extra[adjacency.indices], adjacency.indptr[:-1]) if adjacency.nnz else 0
     dst_extra = np.where(degree > 0, dst_extra, 0)
     return degree * (base + extra) + dst_extra
+
+
+def header_base_bytes(run_id: str, payload: Payload, rnd: int) -> int:
+    """Header size of a message from node 0 to node 0 this round; other ids add
+    ``wire.uint_nbytes(id) - 1`` each."""
+    return wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
+                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}))
