@@ -56,7 +56,7 @@ def worker(mode: str, model: str, nodes: int, rounds: int) -> dict:
     from meshlearn.engines.reference import ReferenceDPSGD
     from meshlearn.engines.sim import SimEngine
     from meshlearn.experiment import Experiment
-    from meshlearn.runner import peak_rss_bytes
+    from meshlearn.metrics import peak_rss_bytes
 
     experiment = Experiment.build(parse_config(config(model, nodes)))
     engine = SimEngine(experiment) if mode == "sim" else ReferenceDPSGD(experiment)

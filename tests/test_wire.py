@@ -624,3 +624,62 @@ def test_fuzz_frame_mutations(ops, frame_op):
     elif frame_op == "swap":
         frames[1], frames[2] = frames[2], frames[1]
     check_valid_or_rejected(lambda: decode([bytes(f) for f in frames]))
+
+
+# ---------------------------------------------------------------------------
+# lossless stage
+
+
+def compressible_message() -> Message:
+    return sample_message(tensors={
+        "zeros": torch.zeros(4096),                      # shrinks: sent compressed
+        "noise": make_tensor(torch.float32, (64,), 5),   # does not shrink: sent raw
+        "empty": torch.zeros(0),
+        "scalar": torch.tensor(7, dtype=torch.int64),
+    })
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_compressed_round_trip_and_exact_sizes(codec):
+    msg = compressible_message()
+    frames = encode(msg, codec)
+    assert header_of(frames)["codec"] == codec
+    assert len(frames[1]) < 4096 * 4 and len(frames[2]) == 64 * 4  # raw when compression does not help
+    assert_same(msg, decode(frames))
+    assert_same(msg, decode([bytes(f) for f in frames]))
+    assert_same(msg, from_bytes(to_bytes(msg, codec)))
+    assert message_nbytes(msg, codec) == sum(len(f) for f in frames)
+    assert header_nbytes(msg, codec) == len(frames[0])
+    assert [wire.tensor_frame_nbytes(t, codec) for t in msg.tensors.values()] == [len(f) for f in frames[1:]]
+    assert "codec" not in header_of(encode(msg, "none")) and encode(msg, None)[0] == encode(msg)[0]
+
+
+def test_decompression_bomb_is_rejected_by_its_declared_size():
+    import zstandard
+
+    frames = good_frames(compressible_message())
+    bomb = zstandard.ZstdCompressor().compress(bytes(1 << 24))  # 16 MiB of zeros in a few hundred bytes
+    h = header_of(frames)
+    h["codec"] = "zstd"
+    rejects(with_header([frames[0], bomb, *frames[2:]], h), "decompresses to 16777216 bytes, header declares 16384")
+    h["shapes"][0] = [1 << 22]  # declaring the true size instead runs into max_bytes before decompressing
+    rejects(with_header([frames[0], bomb, *frames[2:]], h), "message too large", max_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_corrupt_or_mislabelled_compressed_frames_are_rejected(codec):
+    frames = [bytes(f) for f in encode(compressible_message(), codec)]
+    rejects([frames[0], frames[1][:-3], *frames[2:]], "frame 1")
+    rejects([frames[0], b"\x00" * 20, *frames[2:]], "frame 1")
+    raw = good_frames(compressible_message())
+    rejects([raw[0], frames[1], *raw[2:]], "truncated")  # no codec in the header: a short frame is truncated
+    h = header_of(frames)
+    h["codec"] = "gzip"
+    rejects(with_header(frames, h), "unknown codec 'gzip'")
+    if codec == "zstd":
+        rejects([frames[0], frames[1] + b"junk", *frames[2:]], "exactly one complete zstd frame")
+
+
+def test_unknown_compression_is_refused_when_encoding():
+    with pytest.raises(ValueError, match="unknown compression 'gzip'"):
+        encode(sample_message(), "gzip")

@@ -1,4 +1,4 @@
-"""The ``meshlearn`` command line: run, plot and topology sub-commands."""
+"""The ``meshlearn`` command line: run, node, merge, plot and topology sub-commands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from meshlearn import __version__
-from meshlearn.commands import plot, run, topology
+from meshlearn.commands import merge, node, plot, run, topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="meshlearn", description="Decentralized learning experiments: run, plot, and build topologies.")
     parser.add_argument("--version", action="version", version=f"meshlearn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, plot, topology):
+    for command in (run, node, merge, plot, topology):
         command.add_parser(subparsers)
     return parser
 

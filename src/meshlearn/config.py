@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -108,8 +108,122 @@ class AlgorithmConfig(_Section):
     name: Literal["dpsgd"] = "dpsgd"
 
 
+def _scheme_options(section: BaseModel, where: str, defaults: dict[str, dict[str, Any]], name: str) -> None:
+    """Refuse options of another scheme and fill in this scheme's defaults, so that the resolved
+    config lists exactly the options in effect (and reloads to the same config)."""
+    applies = defaults[name]
+    for key in type(section).model_fields:
+        if key in ("name", "compression"):
+            continue
+        value = getattr(section, key)
+        if key not in applies:
+            if value is not None:
+                owners = " or ".join(repr(n) for n, opts in defaults.items() if key in opts)
+                raise ValueError(f"{where}.{key} is an option of {where}.name = {owners}, not {name!r}; "
+                                 f"remove it or change {where}.name")
+        elif value is None:
+            default = applies[key]
+            object.__setattr__(section, key, default() if callable(default) else default)
+
+
+_RULES: dict[str, tuple[Any, str]] = {
+    "fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]: the share of the parameters sent each round"),
+    "levels": (lambda v: 1 <= v <= 127,
+               "must be an integer in 1..127 (QSGD levels per sign: 2·levels+1 codes, e.g. 7 → 4 bits)"),
+    "bits": (lambda v: 1 <= v <= 8, "must be an integer in 1..8 (uniform quantization to 2**bits values)"),
+    "bucket_size": (lambda v: v >= 0, "must be ≥ 0 (coordinates that share one scale; 0 = the whole model)"),
+    "gamma": (lambda v: 0 < v <= 1,
+              "must be in (0, 1]: CHOCO's consensus step size (1 with compressor 'identity' is D-PSGD)"),
+}
+
+
+def _check_values(section: BaseModel, where: str) -> None:
+    for key, (ok, rule) in _RULES.items():
+        value = getattr(section, key, None)
+        if value is not None and not ok(value):
+            raise ValueError(f"{where}.{key} = {value!r} {rule}")
+
+
+class CompressorConfig(_Section):
+    """The compressor Q of CHOCO-SGD, applied to x − x̂ (``[sharing.compressor]``)."""
+
+    name: Literal["identity", "topk", "randomk", "qsgd", "uniform"] = "topk"
+    fraction: float | None = Field(None, description="topk/randomk: share of the coordinates sent")
+    indices: Literal["seed", "explicit"] | None = Field(None, description="randomk: send a seed or the indices")
+    levels: int | None = Field(None, description="qsgd: quantization levels per sign")
+    bits: int | None = Field(None, description="uniform: bits per coordinate")
+    bucket_size: int | None = Field(None, description="qsgd/uniform: coordinates per scale (0 = all)")
+
+    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "identity": {},
+        "topk": {"fraction": 0.1},
+        "randomk": {"fraction": 0.1, "indices": "seed"},
+        "qsgd": {"levels": 7, "bucket_size": 512},
+        "uniform": {"bits": 8, "bucket_size": 512},
+    }
+
+    @model_validator(mode="after")
+    def _options(self) -> "CompressorConfig":
+        _check_values(self, "sharing.compressor")
+        _scheme_options(self, "sharing.compressor", self.OPTIONS, self.name)
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {"name": self.name, **{key: getattr(self, key) for key in self.OPTIONS[self.name]}}
+
+
 class SharingConfig(_Section):
-    name: Literal["full"] = "full"
+    """What nodes send (``name``) and that scheme's options; see README, "Sharing schemes"."""
+
+    name: Literal["full", "random", "topk", "choco", "quantize"] = "full"
+    fraction: float | None = Field(None, description="random/topk: share of the parameters sent each round")
+    indices: Literal["seed", "explicit"] | None = Field(
+        None, description="random: send a seed (receivers regenerate the indices) or the indices")
+    error_feedback: bool | None = Field(None, description="topk: accumulate unsent changes (residual)")
+    gamma: float | None = Field(None, description="choco: consensus step size in (0, 1]")
+    compressor: CompressorConfig | None = Field(None, description="choco: the compressor of x − x̂")
+    method: Literal["qsgd", "uniform"] | None = Field(None, description="quantize: QSGD or uniform")
+    levels: int | None = Field(None, description="quantize (qsgd): levels per sign")
+    bits: int | None = Field(None, description="quantize (uniform): bits per coordinate")
+    bucket_size: int | None = Field(None, description="quantize: coordinates per scale (0 = all)")
+    compression: Literal["none", "zstd", "lz4"] = Field("none", description="lossless stage on every message")
+
+    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "full": {},
+        "random": {"fraction": 0.1, "indices": "seed"},
+        "topk": {"fraction": 0.1, "error_feedback": False},
+        "choco": {"gamma": 0.2, "compressor": CompressorConfig},
+        "quantize": {"method": "qsgd", "levels": 7, "bits": 8, "bucket_size": 512},
+    }
+
+    @model_validator(mode="after")
+    def _options(self) -> "SharingConfig":
+        _check_values(self, "sharing")
+        options = self.OPTIONS
+        if self.name == "quantize":  # levels belong to qsgd, bits to uniform
+            method = self.method or "qsgd"
+            mine, other = ("levels", "bits") if method == "qsgd" else ("bits", "levels")
+            if getattr(self, other) is not None:
+                raise ValueError(f"sharing.{other} is an option of sharing.method = "
+                                 f"{'uniform' if method == 'qsgd' else 'qsgd'!r}, not {method!r}; "
+                                 f"use sharing.{mine} or change sharing.method")
+            options = {**options, "quantize": {k: v for k, v in options["quantize"].items() if k != other}}
+        _scheme_options(self, "sharing", options, self.name)
+        if self.compression != "none":
+            from meshlearn import wire
+
+            try:
+                wire.check_codec(self.compression)
+            except ImportError as exc:
+                raise ValueError(f"sharing.compression = {self.compression!r}: {exc}") from None
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the scheme's class (``sharing.build``)."""
+        out = {key: getattr(self, key) for key in self.OPTIONS[self.name] if getattr(self, key) is not None}
+        if self.compressor is not None:
+            out["compressor"] = self.compressor.options()
+        return out
 
 
 class EvaluationConfig(_Section):

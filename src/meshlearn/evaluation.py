@@ -108,6 +108,8 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
     }
     for name, values in report.node_metrics.items():
         record[f"{name}_per_node"] = float(np.mean(values)) if len(values) else None
+    if "bytes_uncompressed" in report.node_metrics and report.bytes_sent.sum():
+        record["compression_ratio"] = float(report.node_metrics["bytes_uncompressed"].sum() / report.bytes_sent.sum())
     rows: list[dict[str, Any]] = []
     if ev is not None:
         record.update(**_describe(ev.acc, "test_acc"), **_describe(ev.loss, "test_loss"),

@@ -62,6 +62,16 @@ class Experiment:
     def num_nodes(self) -> int:
         return self.config.nodes
 
+    def gossip_weights(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """The mixing matrix split into self weights w_ii (N,) and the neighbours' weights
+        (CSR, sorted columns, float64): row i holds w_ij for the j that i hears from."""
+        mixing = self.mixing.tocsr()
+        self_weight = mixing.diagonal().copy()
+        off = (mixing - sp.diags(self_weight)).tocsr()
+        off.eliminate_zeros()
+        off.sort_indices()
+        return self_weight, off
+
     def initial_params(self, node_ids: list[int]) -> torch.Tensor:
         """(B, P) starting models: one shared initialization, or one per node seeded by its id."""
         if self.config.model.same_init:
@@ -85,7 +95,8 @@ class Experiment:
 
     def make_algorithm(self) -> algorithms.Algorithm:
         cfg = self.config
-        return algorithms.build(cfg.algorithm.name, sharing.build(cfg.sharing.name))
+        scheme = sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
+        return algorithms.build(cfg.algorithm.name, scheme)
 
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import resource
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +67,9 @@ def describe(values: torch.Tensor, prefix: str) -> dict[str, float]:
     out = {f"{prefix}_mean": float(v.mean()), f"{prefix}_min": float(v.min()),
            f"{prefix}_max": float(v.max()), f"{prefix}_std": std}
     return {k: (None if math.isnan(x) else x) for k, x in out.items()}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

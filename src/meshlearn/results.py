@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-__all__ = ["RunWriter", "read_jsonl"]
+__all__ = ["RunWriter", "read_jsonl", "merge_runs"]
 
 
 class RunWriter:
@@ -88,3 +88,69 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+_ROW_KEYS = {"round", "node", "test_acc", "test_loss", "train_loss", "bytes_sent", "header_bytes"}
+
+
+def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Combine the run directories of one multi-machine run (one per machine) into one.
+
+    Round records are rebuilt from the per-node rows of every part with the same function
+    the engines use; figures that need all models at once (consensus distance, averaged
+    model) are not available after the fact and are left out.
+    """
+    import numpy as np
+
+    from meshlearn.config import tomllib
+    from meshlearn.evaluation import Evaluation, RoundReport, round_record
+
+    parts = [Path(p) for p in parts]
+    for part in parts:
+        for name in ("config.toml", "nodes.jsonl", "summary.json"):
+            if not (part / name).is_file():
+                raise ValueError(f"{part} is not a run directory: {name} is missing")
+    configs = [tomllib.loads((part / "config.toml").read_text()) for part in parts]
+    if any(c != configs[0] for c in configs[1:]):
+        raise ValueError("the run directories come from different configs; merge only the parts of one run")
+    summaries = [json.loads((part / "summary.json").read_text()) for part in parts]
+    run_ids = {s.get("run_id") for s in summaries}
+    if len(run_ids) > 1:
+        raise ValueError(f"the run directories belong to different runs (run ids {sorted(map(str, run_ids))})")
+    rows_by_round: dict[int, list[dict[str, Any]]] = {}
+    for part in parts:
+        for row in read_jsonl(part / "nodes.jsonl"):
+            rows_by_round.setdefault(int(row["round"]), []).append(row)
+    walls = {}
+    for part in parts:
+        for rec in read_jsonl(part / "rounds.jsonl"):
+            walls[rec["round"]] = max(walls.get(rec["round"], 0.0), rec.get("wall_time_s") or 0.0)
+    samples = max((s.get("final", {}).get("eval_samples") or 0) for s in summaries)
+    writer = RunWriter(out_dir, configs[0])
+    summary: dict[str, Any] = {**summaries[0], "merged_from": [str(p) for p in parts],
+                               "workers": [w for s in summaries for w in s.get("workers", [])],
+                               "failures": [f for s in summaries for f in s.get("failures", [])],
+                               "status": "completed" if all(s["status"] == "completed" for s in summaries)
+                               else "incomplete",
+                               "rounds_completed": min(s["rounds_completed"] for s in summaries),
+                               "peak_rss_bytes_total": sum(s.get("peak_rss_bytes_total", 0) for s in summaries)}
+    try:
+        for rnd in sorted(rows_by_round):
+            rows = sorted(rows_by_round[rnd], key=lambda r: r["node"])
+            col = lambda key, dtype: np.array([r.get(key, np.nan) for r in rows], dtype=dtype)
+            extra = sorted({k for r in rows for k in r} - _ROW_KEYS)
+            nodes = col("node", np.int64)
+            report = RoundReport(rnd, nodes, col("train_loss", np.float64), col("bytes_sent", np.float64),
+                                 col("header_bytes", np.float64), walls.get(rnd, 0.0),
+                                 evaluation=Evaluation(nodes, col("test_acc", np.float64),
+                                                       col("test_loss", np.float64), samples),
+                                 node_metrics={k: col(k, np.float64) for k in extra})
+            record, node_rows = round_record(report)
+            writer.write_round(record)
+            writer.write_nodes(node_rows)
+            summary["final"] = record
+        summary["bytes_sent_per_node"] = summary.get("final", {}).get("bytes_sent_per_node")
+        writer.write_json("summary.json", summary)
+    finally:
+        writer.close()
+    return summary

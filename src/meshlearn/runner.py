@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,15 +17,10 @@ from meshlearn.config import ExperimentConfig
 from meshlearn.engines import build_engine
 from meshlearn.evaluation import RoundReport, round_record
 from meshlearn.experiment import Experiment
+from meshlearn.metrics import peak_rss_bytes
 from meshlearn.results import RunWriter
 
 __all__ = ["run_experiment", "peak_rss_bytes"]
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,

@@ -9,12 +9,19 @@ simulator the exact number of bytes a real transport would put on the wire.
 ``to_bytes``/``from_bytes`` wrap the frames in a single buffer for files and
 byte streams: a 4-byte little-endian frame count, then per frame an 8-byte
 little-endian length followed by the frame bytes.
+
+An optional lossless stage (``compression="zstd"`` or ``"lz4"``) compresses each tensor
+frame that shrinks and names the codec in the header (``"codec"``). A frame whose length
+equals its declared size travels raw; a shorter one is decompressed into exactly the
+declared size, so the size check against ``max_bytes`` still bounds what a receiver
+allocates (a decompression bomb is rejected, never expanded).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
@@ -25,17 +32,21 @@ import torch
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "CODECS",
     "DEFAULT_MAX_BYTES",
     "MAX_META_ENTRIES",
     "PROTOCOL_VERSION",
     "Message",
     "MessageError",
+    "check_codec",
     "decode",
     "encode",
+    "encode_header",
     "from_bytes",
     "header_nbytes",
     "message_nbytes",
     "payload_nbytes",
+    "tensor_frame_nbytes",
     "uint_nbytes",
     "to_bytes",
 ]
@@ -82,7 +93,11 @@ ALLOWED_DTYPES = frozenset(_DTYPES)
 _DTYPE_NAMES = {tdt: name for name, (tdt, _) in _DTYPES.items()}
 
 _REQUIRED_KEYS = frozenset({"v", "run", "src", "rnd", "kind", "names", "dtypes", "shapes"})
-_OPTIONAL_KEYS = frozenset({"meta"})
+_OPTIONAL_KEYS = frozenset({"meta", "codec"})
+
+# Lossless codecs for tensor frames: name -> the PyPI package that provides it.
+CODECS = {"zstd": "zstandard", "lz4": "lz4"}
+ZSTD_LEVEL = 3
 
 Frame = Union[bytes, bytearray, memoryview]
 MetaValue = Union[int, float, str, bool]
@@ -118,6 +133,7 @@ class _Header(NamedTuple):
     kind: str
     specs: list[_Spec]
     meta: dict[str, MetaValue]
+    codec: str | None
 
 
 # ---------------------------------------------------------------------------
@@ -238,7 +254,89 @@ def _check_header(header: Any) -> _Header:
         specs.append(_Spec(name, dtype, dims, nbytes))
 
     meta = _check_meta(header.get("meta", {}))
-    return _Header(run, src, rnd, kind, specs, meta)
+    codec = header.get("codec")
+    if codec is not None and (type(codec) is not str or codec not in CODECS):
+        raise MessageError(f"unknown codec {codec!r}; allowed: {', '.join(sorted(CODECS))}")
+    return _Header(run, src, rnd, kind, specs, meta, codec)
+
+
+# ---------------------------------------------------------------------------
+# lossless stage
+
+
+def _codec_name(compression: str | None) -> str | None:
+    """``None``/``"none"`` mean raw frames; anything else must be a known codec."""
+    if compression is None or compression == "none":
+        return None
+    if compression not in CODECS:
+        raise ValueError(f"unknown compression {compression!r}; use one of none, {', '.join(sorted(CODECS))}")
+    return compression
+
+
+def check_codec(compression: str | None) -> None:
+    """Raise ImportError, naming the package to install, if the codec is unavailable."""
+    codec = _codec_name(compression)
+    if codec is None:
+        return
+    try:
+        if codec == "zstd":
+            import zstandard  # noqa: F401
+        else:
+            import lz4.block  # noqa: F401
+    except ImportError:
+        raise ImportError(f"compression {codec!r} needs the {CODECS[codec]!r} package: "
+                          f"pip install {CODECS[codec]}") from None
+
+
+_local = threading.local()  # zstd contexts are reusable but not shareable between threads
+
+
+def _compress(data: memoryview, codec: str) -> bytes:
+    check_codec(codec)
+    if codec == "zstd":
+        import zstandard
+
+        cctx = getattr(_local, "zstd", None)
+        if cctx is None:
+            cctx = _local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # records the content size
+        return cctx.compress(data)
+    import lz4.block
+
+    return lz4.block.compress(data, store_size=False)
+
+
+def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes:
+    """Exactly ``nbytes`` from a compressed frame, never allocating more."""
+    try:
+        check_codec(codec)
+    except ImportError as e:
+        raise MessageError(f"{what} is {codec}-compressed: {e}") from None
+    if codec == "zstd":
+        import zstandard
+
+        try:
+            declared = zstandard.frame_content_size(view)
+        except zstandard.ZstdError as e:
+            raise MessageError(f"{what} is not a zstd frame: {e}") from None
+        if declared != nbytes:  # -1 (unknown) included: the size must be stated and match
+            raise MessageError(f"{what} decompresses to {declared} bytes, header declares {nbytes}")
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out = dobj.decompress(view)
+        except zstandard.ZstdError as e:
+            raise MessageError(f"{what} is corrupt: {e}") from None
+        if not dobj.eof or dobj.unused_data:
+            raise MessageError(f"{what} is not exactly one complete zstd frame")
+    else:
+        import lz4.block
+
+        try:  # the block format has no size of its own: lz4 writes at most nbytes
+            out = lz4.block.decompress(view, uncompressed_size=nbytes)
+        except lz4.block.LZ4BlockError as e:
+            raise MessageError(f"{what} is corrupt or larger than declared: {e}") from None
+    if len(out) != nbytes:
+        raise MessageError(f"{what} decompresses to {len(out)} bytes, header declares {nbytes}")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +348,7 @@ def _meta_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _header_dict(msg: Message) -> dict[str, Any]:
+def _header_dict(msg: Message, codec: str | None = None) -> dict[str, Any]:
     if not isinstance(msg.tensors, dict):
         raise TypeError(f"Message.tensors must be a dict, got {type(msg.tensors).__name__}")
     dtypes = []
@@ -277,6 +375,8 @@ def _header_dict(msg: Message) -> dict[str, Any]:
     }
     if msg.meta:
         header["meta"] = {k: _meta_value(v) for k, v in dict(msg.meta).items()}
+    if codec is not None:
+        header["codec"] = codec
     try:
         _check_header(header)
     except MessageError as e:
@@ -285,8 +385,8 @@ def _header_dict(msg: Message) -> dict[str, Any]:
     return header
 
 
-def _pack_header(msg: Message) -> bytes:
-    header = _header_dict(msg)
+def _pack_header(msg: Message, codec: str | None = None) -> bytes:
+    header = _header_dict(msg, codec)
     try:
         return msgpack.packb(header, use_bin_type=True)
     except UnicodeEncodeError as e:  # e.g. lone surrogates in a name
@@ -309,19 +409,44 @@ def _tensor_frame(t: torch.Tensor) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def encode(msg: Message) -> list[Frame]:
+def _maybe_compressed(frame: memoryview, codec: str | None) -> Frame:
+    """The compressed frame if it is strictly shorter, else the raw one (no ambiguity on decode)."""
+    if codec is None or not frame.nbytes:
+        return frame
+    packed = _compress(frame, codec)
+    return packed if len(packed) < frame.nbytes else frame
+
+
+def encode(msg: Message, compression: str | None = None) -> list[Frame]:
     """Frames for ``msg``: the header, then one zero-copy view per tensor.
 
     Tensor frames alias the tensors' memory (for contiguous CPU tensors), so
     the tensors must not be modified until the frames have been sent.
+    With ``compression`` ("zstd" or "lz4"), each tensor frame that shrinks is
+    replaced by its compressed bytes.
     """
-    header = _pack_header(msg)
-    return [header, *(_tensor_frame(t) for t in msg.tensors.values())]
+    codec = _codec_name(compression)
+    header = _pack_header(msg, codec)
+    return [header, *(_maybe_compressed(_tensor_frame(t), codec) for t in msg.tensors.values())]
 
 
-def header_nbytes(msg: Message) -> int:
+def encode_header(msg: Message, compression: str | None = None) -> bytes:
+    """Frame 0 of ``msg`` alone: a sender of one payload to many receivers encodes the
+    tensor frames once and only the header (which names the receiver) per message."""
+    return _pack_header(msg, _codec_name(compression))
+
+
+def tensor_frame_nbytes(t: torch.Tensor, compression: str | None = None) -> int:
+    """Length of the frame that ``encode`` sends for tensor ``t``."""
+    codec = _codec_name(compression)
+    if codec is None:
+        return t.numel() * t.element_size()
+    return len(_maybe_compressed(_tensor_frame(t), codec))
+
+
+def header_nbytes(msg: Message, compression: str | None = None) -> int:
     """Exact size of frame 0, the protocol overhead of ``msg``."""
-    return len(_pack_header(msg))
+    return len(_pack_header(msg, _codec_name(compression)))
 
 
 def uint_nbytes(values: np.ndarray) -> np.ndarray:
@@ -340,14 +465,18 @@ def payload_nbytes(msg: Message) -> int:
     return sum(t.numel() * t.element_size() for t in msg.tensors.values())
 
 
-def message_nbytes(msg: Message) -> int:
-    """Exactly ``sum(len(f) for f in encode(msg))``, without building frames."""
-    return header_nbytes(msg) + payload_nbytes(msg)
+def message_nbytes(msg: Message, compression: str | None = None) -> int:
+    """Exactly ``sum(len(f) for f in encode(msg, compression))``; without compression,
+    without building frames."""
+    if _codec_name(compression) is None:
+        return header_nbytes(msg) + payload_nbytes(msg)
+    return header_nbytes(msg, compression) + sum(tensor_frame_nbytes(t, compression)
+                                                  for t in msg.tensors.values())
 
 
-def to_bytes(msg: Message) -> bytes:
+def to_bytes(msg: Message, compression: str | None = None) -> bytes:
     """One buffer holding all frames, for files and byte streams."""
-    frames = encode(msg)
+    frames = encode(msg, compression)
     parts: list[Frame] = [_COUNT.pack(len(frames))]
     for frame in frames:
         parts.append(_LENGTH.pack(len(frame)))
@@ -469,6 +598,8 @@ def decode(
     views = []
     for i, (spec, frame) in enumerate(zip(header.specs, frames[1:]), start=1):
         view = _byte_view(frame, f"frame {i}")
+        if header.codec is not None and view.nbytes < spec.nbytes:
+            view = memoryview(_decompress(view, spec.nbytes, header.codec, f"frame {i} (tensor {spec.name!r})"))
         if view.nbytes != spec.nbytes:
             problem = "truncated" if view.nbytes < spec.nbytes else "too long"
             raise MessageError(

@@ -22,30 +22,46 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path, TOML value), repeatable")
     parser.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
-    parser.add_argument("--engine", choices=["sim"], help="override engine.name")
+    parser.add_argument("--engine", choices=["sim", "processes", "ray"],
+                        help="override engine.name: sim (vectorized, one process), processes (worker "
+                             "processes over ZeroMQ/TCP), ray (workers as actors on a Ray cluster)")
+    parser.add_argument("--workers", type=int, metavar="P",
+                        help="processes/ray: number of workers (override engine.workers; P = nodes gives "
+                             "one process per node)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="ray: cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from meshlearn.config import ConfigError, load_config
-    from meshlearn.runner import run_experiment
 
-    err = Console(stderr=True)
-    overrides = list(args.overrides) + ([f"engine.name={args.engine}"] if args.engine else [])
+    overrides = list(args.overrides) + ([f"engine.name={args.engine}"] if args.engine else []) \
+        + ([f"engine.workers={args.workers}"] if args.workers else [])
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
         return 2
     out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    options = {"ray_address": args.ray_address} if args.ray_address else {}
+    return execute(cfg, out, no_progress=args.no_progress, **options)
+
+
+def execute(cfg, out: Path, *, no_progress: bool = False, **engine_options) -> int:
+    """Run ``cfg`` into ``out`` with a progress bar and a closing summary table."""
+    from meshlearn.config import ConfigError
+    from meshlearn.runner import run_experiment
+
+    err = Console(stderr=True)
     console = Console()
     console.print(f"[bold]{cfg.name}[/bold]: {cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.model.name} on "
                   f"{cfg.data.dataset} ({cfg.data.partition}), {cfg.topology.kind} topology, "
                   f"{cfg.algorithm.name}/{cfg.sharing.name}, engine {cfg.engine.name} → {out}")
     progress = Progress(TextColumn("round"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                        disable=args.no_progress or not console.is_terminal and not sys.stdout.isatty())
+                        disable=no_progress or not console.is_terminal and not sys.stdout.isatty())
     try:
         with progress:
             task = progress.add_task("rounds", total=cfg.rounds, status="")
@@ -56,7 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
                 if record and progress.disable:
                     console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
 
-            summary = run_experiment(cfg, out, on_round=on_round)
+            summary = run_experiment(cfg, out, on_round=on_round, **engine_options)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
@@ -64,6 +80,10 @@ def run_command(args: argparse.Namespace) -> int:
         err.print(f"interrupted: results so far are in {out}" if out.exists() else "interrupted")
         return 130
     console.print(summary_table(summary))
+    for failure in summary.get("failures", []):
+        err.print(f"[yellow]worker {failure['worker']} failed[/yellow] ({failure['reason']}); its nodes "
+                  f"{failure['nodes'][0]}..{failure['nodes'][-1]} stopped after round "
+                  f"{failure['last_round_reported']}", highlight=False)
     console.print(f"results: {out}")
     return 0
 

@@ -60,11 +60,7 @@ class SimEngine:
         self.algorithm = experiment.make_algorithm()
         self.algorithm.setup(self.nodes)
         self.evaluator = Evaluator(experiment)
-        mixing = experiment.mixing.tocsr()
-        self.self_weight64 = mixing.diagonal().copy()
-        off = (mixing - sp.diags(self.self_weight64)).tocsr()
-        off.eliminate_zeros()
-        off.sort_indices()
+        self.self_weight64, off = experiment.gossip_weights()
         self.offdiag64 = off
         self.offdiag = off.astype(np.float32)
         self.self_weight = torch.from_numpy(self.self_weight64.astype(np.float32))
@@ -72,6 +68,7 @@ class SimEngine:
         self.links = LinkModel(experiment.config.network, off, experiment.config.seed)
         self.bytes_sent = np.zeros(n, dtype=np.int64)      # cumulative, per node
         self.header_bytes = np.zeros(n, dtype=np.int64)    # the header part of bytes_sent
+        self.raw_bytes_sent = np.zeros(n, dtype=np.int64)  # bytes_sent without the lossless stage
         self.messages_lost = np.zeros(n, dtype=np.int64)   # incoming messages lost (emulated)
         self.message_bytes = 0                              # size of node 0's last message
         self.train_time = self.eval_time = 0.0
@@ -103,7 +100,13 @@ class SimEngine:
             self.eval_time += time.perf_counter() - t0
         return RoundReport(rnd, np.arange(len(self.degree)), self.last_loss.numpy().copy(),
                            self.bytes_sent.copy(), self.header_bytes.copy(), self.train_time, self.sim_time,
-                           evaluation, self.eval_time, {"messages_lost": self.messages_lost.copy()})
+                           evaluation, self.eval_time, self._node_metrics())
+
+    def _node_metrics(self) -> dict[str, np.ndarray]:
+        out = {"messages_lost": self.messages_lost.copy()}
+        if self.experiment.config.sharing.compression != "none":
+            out["bytes_uncompressed"] = self.raw_bytes_sent.copy()
+        return out
 
     def close(self) -> dict:
         return {}
@@ -134,31 +137,44 @@ class SimEngine:
     def _account(self, payload: Payload, rnd: int) -> np.ndarray:
         """Charge each node the exact wire size of the message it sends each neighbour;
         returns the size of every message, per link in CSR order."""
-        header = message_header_bytes(self.run_id, payload, rnd, self.offdiag)
-        body = payload_bytes(payload)
+        codec = self.experiment.config.sharing.compression
+        header = message_header_bytes(self.run_id, payload, rnd, self.offdiag, codec)
+        body = payload_bytes(payload, codec)
         self.header_bytes += header
         self.bytes_sent += header + body * self.degree
+        self.raw_bytes_sent += (header + body * self.degree if codec == "none" else
+                                message_header_bytes(self.run_id, payload, rnd, self.offdiag)
+                                + payload_bytes(payload) * self.degree)
         self.message_bytes = int(header[0] // max(self.degree[0], 1) + body[0])
         ids = np.arange(len(body))
-        base = header_base_bytes(self.run_id, payload, rnd)
+        base = header_base_bytes(self.run_id, payload, rnd, codec)
         extra = wire.uint_nbytes(ids) - 1
         senders, receivers = self.offdiag.indices, self.links.receivers
         return base + extra[senders] + extra[receivers] + body[senders]
 
 
-def payload_bytes(payload: Payload) -> np.ndarray:
-    """Bytes of the tensor frames of each node's message (rows of the stacked payload)."""
+def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarray:
+    """Bytes of the tensor frames of each node's message (rows of the stacked payload).
+
+    Rows have equal shapes, so raw sizes are equal; with a lossless ``compression`` every
+    row's frames are compressed as ``wire.encode`` would (a node sends the same frames to
+    all its neighbours, so each is compressed once).
+    """
     rows = next(iter(payload.values())).shape[0]
-    return np.full(rows, sum(t[0].numel() * t.element_size() for t in payload.values()), dtype=np.int64)
+    if compression is None or compression == "none":
+        return np.full(rows, sum(t[0].numel() * t.element_size() for t in payload.values()), dtype=np.int64)
+    return np.array([sum(wire.tensor_frame_nbytes(t[row], compression) for t in payload.values())
+                     for row in range(rows)], dtype=np.int64)
 
 
-def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.csr_matrix) -> np.ndarray:
+def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.csr_matrix,
+                         compression: str | None = None) -> np.ndarray:
     """Per sender, the total header bytes of its messages to its neighbours this round.
 
     Headers differ only in the msgpack sizes of the sender and receiver ids, so one packed
     header prices all of them (``wire.uint_nbytes``); the sum is exact.
     """
-    base = header_base_bytes(run_id, payload, rnd)
+    base = header_base_bytes(run_id, payload, rnd, compression)
     ids = np.arange(adjacency.shape[0])
     extra = wire.uint_nbytes(ids) - 1
     degree = np.diff(adjacency.indptr)
@@ -167,8 +183,9 @@ def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.
     return degree * (base + extra) + dst_extra
 
 
-def header_base_bytes(run_id: str, payload: Payload, rnd: int) -> int:
+def header_base_bytes(run_id: str, payload: Payload, rnd: int, compression: str | None = None) -> int:
     """Header size of a message from node 0 to node 0 this round; other ids add
     ``wire.uint_nbytes(id) - 1`` each."""
     return wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
-                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}))
+                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}),
+                              compression)

@@ -1,15 +1,23 @@
 """Sharing schemes: what nodes exchange and how received models are aggregated."""
 
-from meshlearn.sharing.base import Inbox, Payload, Sharing
+from meshlearn.sharing.base import Inbox, PartialSharing, Payload, Sharing, partial_average
+from meshlearn.sharing.choco import ChocoSharing
 from meshlearn.sharing.full import FullSharing
+from meshlearn.sharing.quantize import QuantizeSharing
+from meshlearn.sharing.random import RandomSharing
+from meshlearn.sharing.topk import TopKSharing
 
-SHARINGS: dict[str, type[Sharing]] = {"full": FullSharing}
+SHARINGS: dict[str, type[Sharing]] = {
+    cls.name: cls for cls in (FullSharing, RandomSharing, TopKSharing, ChocoSharing, QuantizeSharing)
+}
 
 
-def build(name: str, **options) -> Sharing:
+def build(name: str, seed: int = 0, **options) -> Sharing:
+    """The scheme ``name`` with its options (``SharingConfig.options()``) and the experiment seed."""
     if name not in SHARINGS:
         raise ValueError(f"sharing.name = {name!r} is unknown; use one of {sorted(SHARINGS)}")
-    return SHARINGS[name](**options)
+    return SHARINGS[name](seed=seed, **options)
 
 
-__all__ = ["Inbox", "Payload", "Sharing", "FullSharing", "SHARINGS", "build"]
+__all__ = ["Inbox", "Payload", "Sharing", "PartialSharing", "partial_average", "FullSharing", "RandomSharing",
+           "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS", "build"]

@@ -15,7 +15,7 @@ import torch
 
 from meshlearn.nodes import NodeBatch
 
-__all__ = ["Payload", "Inbox", "Sharing"]
+__all__ = ["Payload", "Inbox", "Sharing", "PartialSharing", "partial_average"]
 
 Payload = dict[str, torch.Tensor]
 """Named tensors with a leading local-node dimension: row i is what node i sends."""
@@ -40,9 +40,16 @@ class Inbox(ABC):
 
 
 class Sharing(ABC):
-    """One sharing scheme: the message a node sends and the aggregation of what arrives."""
+    """One sharing scheme: the message a node sends and the aggregation of what arrives.
+
+    ``seed`` is the experiment seed: any randomness must derive from it, the global node id
+    and the round (``compressors.round_seeds``), so that every engine draws the same numbers.
+    """
 
     name: str = ""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
 
     def setup(self, nodes: NodeBatch) -> None:
         """Create per-node sharing state (e.g. public copies) in ``nodes.state``."""
@@ -54,3 +61,32 @@ class Sharing(ABC):
     @abstractmethod
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
         """Replace ``nodes.params`` with the aggregate of own and received models."""
+
+
+def partial_average(params: torch.Tensor, inbox: Inbox,
+                    decode: Callable[[Payload], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Average each parameter over the values actually received for it.
+
+    ``decode`` maps stacked payloads to (dense values, 0/1 mask of the sent coordinates).
+    Coordinate k of node i becomes (w_ii x_ik + Σ_j w_ij v_jk) / (w_ii + Σ_j w_ij m_jk): the
+    mixing weights renormalized over the senders of k, so a partial model is not pulled toward
+    zero where it is silent. A coordinate nobody sent keeps its value. One ``weighted_sum`` of
+    [values | mask] gives numerator and denominator together.
+    """
+    size = params.shape[1]
+    summed = inbox.weighted_sum(lambda payload: torch.cat(decode(payload), dim=1))
+    weight = inbox.self_weight.to(summed.dtype).unsqueeze(1)
+    numerator = summed[:, :size].addcmul_(params, weight)
+    denominator = summed[:, size:].add_(weight)
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30), params)
+
+
+class PartialSharing(Sharing):
+    """A scheme whose messages hold some of the parameters; aggregation is ``partial_average``."""
+
+    @abstractmethod
+    def decode_partial(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked payloads → (dense values, float mask of the coordinates each sender sent)."""
+
+    def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
+        nodes.params = partial_average(nodes.params, inbox, self.decode_partial)

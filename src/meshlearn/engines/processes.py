@@ -1,0 +1,329 @@
+"""The networked engines' launcher: worker processes (or Ray actors) over ZeroMQ/TCP.
+
+The launcher starts the workers, hands each its configuration and its share of the nodes
+(contiguous blocks), publishes the address book, and turns the workers' per-round reports
+into the same ``RoundReport`` the simulator produces. It never touches models or messages
+between nodes; those go worker to worker. When a worker dies, the launcher records the
+failure and tells the others, so they stop waiting for its nodes.
+
+Placements: ``processes`` (subprocesses on this machine), ``ray`` (one actor per worker on
+a Ray cluster), and a share of a multi-machine run described by a hosts file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from meshlearn.engines.hosts import Hosts, split_nodes
+from meshlearn.engines.worker import NODE_METRICS, pack, unpack
+from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
+from meshlearn.metrics import peak_rss_bytes
+
+__all__ = ["ProcessesEngine"]
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+class ProcessesEngine:
+    """Runs an ``Experiment`` on worker processes that exchange real messages."""
+
+    def __init__(self, experiment, run_id: str, placement: str = "processes", workers: int | None = None,
+                 hosts: Hosts | None = None, machine_id: int | None = None):
+        cfg = experiment.config
+        self.experiment, self.run_id, self.placement = experiment, run_id, placement
+        self.name = placement
+        n = experiment.num_nodes
+        if hosts is not None:
+            if machine_id is None:
+                raise ValueError("a hosts file needs the machine id of this launcher")
+            total = hosts.total_workers
+            self.local = hosts.workers_of(machine_id)
+            self.static_book = hosts.book()
+            machine = hosts.machine(machine_id)
+            self.bind = {k: (machine.address, (machine.port or hosts.base_port) + i)
+                         for i, k in enumerate(self.local)}
+        else:
+            total = min(workers or cfg.engine.workers, n)
+            self.local = list(range(total))
+            self.static_book = None
+            self.bind = {k: (cfg.engine.host, 0) for k in self.local}
+        if total > n:
+            raise ValueError(f"{total} workers for {n} nodes: use at most one worker per node")
+        self.assignment = split_nodes(n, total)
+        self.owner = np.empty(n, dtype=np.int64)
+        for k, block in enumerate(self.assignment):
+            self.owner[block] = k
+        self.whole_run = len(self.local) == total   # this launcher sees every node
+        self.threads = cfg.engine.threads or max(1, (os.cpu_count() or 1) // len(self.local))
+        self.evaluator = Evaluator(experiment)
+        self.context = zmq.Context()
+        self.control: zmq.Socket | None = None
+        self.handles: dict[int, Any] = {}
+        self.identity: dict[int, bytes] = {}
+        self.reports: dict[int, dict[int, list]] = {}
+        self.done: dict[int, dict] = {}
+        self.failures: dict[int, dict] = {}
+        self.message_bytes = 0
+        self.eval_time = 0.0
+        self._last_round = -1
+        self._extra_metrics = ("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()
+
+    # Engine
+    def start(self) -> None:
+        control_host = self._control_host()
+        self.control = self.context.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        port = self.control.bind_to_random_port(f"tcp://{control_host}")
+        address = f"tcp://{control_host}:{port}"
+        for k in self.local:
+            self.handles[k] = self._spawn(address, k)
+        self._handshake("hello", lambda k, msg: self._send(k, self._setup(k)))
+        ready: dict[int, str] = {}
+        self._handshake("ready", lambda k, msg: ready.__setitem__(k, msg["address"]))
+        book = self.static_book or ready
+        start = {"kind": "start", "book": {str(k): v for k, v in book.items()}, "owner": self.owner.tolist(),
+                 "down": sorted(self.failures)}
+        for k in self._alive():
+            self._send(k, start)
+
+    def step(self, rnd: int) -> RoundReport:
+        deadline = self._stall_limit()
+        while True:
+            have = self.reports.get(rnd, {})
+            waiting = [k for k in self._alive() if k not in have]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers {waiting} stalled: no report for round {rnd} and no other message "
+                                   "for 3 × engine.timeout_s + 120 s")
+            if self._pump(0.2):
+                deadline = self._stall_limit()
+        self._last_round = rnd
+        return self._merge(rnd, self.reports.pop(rnd, {}))
+
+    def close(self) -> dict[str, Any]:
+        finished = self._last_round >= self.experiment.config.rounds
+        if finished:  # let the workers send their final figures
+            deadline = time.monotonic() + 30
+            while any(k not in self.done for k in self._alive()) and time.monotonic() < deadline:
+                self._pump(0.2)
+        for k in self._alive():
+            if k not in self.done:
+                self._send(k, {"kind": "stop"})
+        for k, handle in self.handles.items():
+            handle.finish(timeout=10 if finished else 3)
+        if self.control is not None:
+            self.control.close()
+        self.context.term()
+        workers = [{"worker": k, "nodes": len(self.assignment[k]), **self.done.get(k, {})} for k in self.local]
+        for row in workers:
+            row.pop("kind", None)
+        launcher_rss = peak_rss_bytes()
+        return {
+            "placement": self.placement, "workers": workers, "failures": list(self.failures.values()),
+            "threads_per_worker": self.threads,
+            "peak_rss_bytes": launcher_rss,
+            "peak_rss_bytes_total": launcher_rss + sum(w.get("peak_rss_bytes", 0) for w in workers),
+            "cpu_time_s_total": sum(w.get("cpu_time_s", 0.0) for w in workers),
+        }
+
+    # launching
+    def _control_host(self) -> str:
+        if self.placement == "ray":
+            import ray
+
+            return ray.util.get_node_ip_address()
+        if self.static_book is not None:
+            return "127.0.0.1"   # the launcher only talks to the workers of its own machine
+        return self.experiment.config.engine.host
+
+    def _spawn(self, address: str, k: int):
+        if self.placement == "ray":
+            return _RayHandle(address, k)
+        return _ProcessHandle(address, k)
+
+    def _setup(self, k: int) -> dict[str, Any]:
+        host, port = self.bind[k]
+        return {"kind": "setup", "config": self.experiment.config.model_dump(mode="json"), "run_id": self.run_id,
+                "nodes": self.assignment[k], "threads": self.threads,
+                "host": None if self.placement == "ray" else host, "port": port}
+
+    def _handshake(self, kind: str, on_message) -> None:
+        """Wait until every live worker sent ``kind``, calling ``on_message`` for each."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while any(k not in seen for k in self._alive()):
+            if time.monotonic() > deadline:
+                missing = [k for k in self._alive() if k not in seen]
+                raise RuntimeError(f"workers {missing} did not start within {STARTUP_TIMEOUT_S:.0f}s")
+            for k, msg in self._receive(0.2, kinds=(kind,)):
+                seen.add(k)
+                on_message(k, msg)
+            if not self._alive():
+                reasons = "; ".join(f"worker {k}: {f['reason']}" for k, f in self.failures.items())
+                raise RuntimeError(f"every worker failed while starting ({reasons})")
+
+    def _send(self, k: int, msg: dict) -> None:
+        if k in self.identity:
+            self.control.send_multipart([self.identity[k], pack(msg)])
+
+    def _alive(self) -> list[int]:
+        return [k for k in self.local if k not in self.failures]
+
+    def _stall_limit(self) -> float:
+        return time.monotonic() + 3 * self.experiment.config.engine.timeout_s + 120
+
+    def _pump(self, timeout_s: float) -> bool:
+        """Handle control messages for up to ``timeout_s``; True if any arrived."""
+        return bool(self._receive(timeout_s, kinds=()))
+
+    def _receive(self, timeout_s: float, kinds: tuple[str, ...]) -> list[tuple[int, dict]]:
+        """File reports and failures; return the messages of ``kinds``. Also checks liveness."""
+        out = []
+        if self.control.poll(int(timeout_s * 1000)):
+            while self.control.poll(0):
+                identity, *frames = self.control.recv_multipart()
+                try:
+                    msg = unpack(frames[0])
+                    k = int(msg["worker"])
+                except (ValueError, KeyError, TypeError, IndexError):
+                    continue
+                if k not in self.handles:
+                    continue
+                self.identity.setdefault(k, identity)
+                kind = msg["kind"]
+                if kind == "round":
+                    self.reports.setdefault(int(msg["rnd"]), {})[k] = [msg, *frames[1:]]
+                elif kind == "done":
+                    self.done[k] = msg
+                    self.message_bytes = msg.get("message_bytes", self.message_bytes)
+                elif kind == "error":
+                    self._fail(k, msg["message"].strip().splitlines()[-1], detail=msg["message"])
+                if not kinds or kind in kinds:
+                    out.append((k, msg))
+        for k in self._alive():
+            code = self.handles[k].exit_code()
+            if code is not None and k not in self.done:
+                self._fail(k, f"exited with code {code}" + (" (killed)" if code < 0 else ""))
+        return out
+
+    def _fail(self, k: int, reason: str, detail: str | None = None) -> None:
+        if k in self.failures:
+            return
+        last = max((r for r, reports in self.reports.items() if k in reports), default=self._last_round)
+        self.failures[k] = {"worker": k, "nodes": self.assignment[k], "reason": reason,
+                            "last_round_reported": last}
+        if detail:
+            print(f"meshlearn: worker {k} failed:\n{detail}", file=sys.stderr)
+        self.handles[k].kill()
+        for other in self._alive():
+            self._send(other, {"kind": "down", "workers": [k]})
+
+    # reports
+    def _merge(self, rnd: int, reports: dict[int, list]) -> RoundReport:
+        """One RoundReport from the workers' reports of a round."""
+        msgs = [reports[k][0] for k in sorted(reports)]
+        cat = lambda key, dtype: np.concatenate([np.asarray(m[key], dtype=dtype) for m in msgs]) \
+            if msgs else np.empty(0, dtype=dtype)
+        nodes = cat("nodes", np.int64)
+        report = RoundReport(
+            rnd, nodes, cat("train_loss", np.float64), cat("bytes_sent", np.int64), cat("header_bytes", np.int64),
+            wall_time_s=max((m["wall_time_s"] for m in msgs), default=0.0),
+            node_metrics={name: cat(name, np.int64) for name in NODE_METRICS + self._extra_metrics})
+        if msgs and "eval" in msgs[0]:
+            evs = [m["eval"] for m in msgs]
+            ev = Evaluation(np.concatenate([np.asarray(e["nodes"], dtype=np.int64) for e in evs]),
+                            np.concatenate([np.asarray(e["acc"], dtype=np.float32) for e in evs]),
+                            np.concatenate([np.asarray(e["loss"], dtype=np.float32) for e in evs]),
+                            evs[0]["samples"])
+            order = np.argsort(ev.nodes)
+            ev.nodes, ev.acc, ev.loss = ev.nodes[order], ev.acc[order], ev.loss[order]
+            t0 = time.perf_counter()
+            if self.whole_run and len(nodes):
+                total = sum(np.frombuffer(reports[k][1], dtype=np.float64) for k in reports)
+                mean = total / len(nodes)
+                sum_sq = sum(e["sum_sq"] for e in evs)
+                ev.consensus_distance = max(0.0, sum_sq / len(nodes) - float(mean @ mean))
+                self.evaluator.average(ev, torch.from_numpy(mean))
+            self.eval_time += time.perf_counter() - t0
+            report.evaluation = ev
+            report.eval_time_s = self.eval_time + max(e["eval_time_s"] for e in evs)
+        return report
+
+
+class _ProcessHandle:
+    """A worker as a subprocess of this machine."""
+
+    def __init__(self, address: str, k: int):
+        self.proc = subprocess.Popen([sys.executable, "-m", "meshlearn.engines.worker",
+                                      "--control", address, "--index", str(k)])
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def finish(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _RayHandle:
+    """A worker as a Ray actor, placed by Ray on any machine of the cluster."""
+
+    def __init__(self, address: str, k: int):
+        import ray
+
+        self.ray = ray
+        self.actor = _ray_worker_class().options(num_cpus=1, name=None).remote()
+        self.ref = self.actor.serve.remote(address, k)
+
+    def exit_code(self) -> int | None:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            return int(self.ray.get(ready[0]))
+        except Exception:  # the actor died (killed, out of memory, node lost)
+            return -9
+
+    def kill(self) -> None:
+        self.ray.kill(self.actor, no_restart=True)
+
+    def finish(self, timeout: float) -> None:
+        ready, _ = self.ray.wait([self.ref], timeout=timeout)
+        if not ready:
+            self.kill()
+
+
+_RAY_WORKER = None
+
+
+def _ray_worker_class():
+    """The actor class, defined on first use so the base install never imports Ray."""
+    global _RAY_WORKER
+    if _RAY_WORKER is None:
+        import ray
+
+        @ray.remote
+        class RayWorker:
+            def serve(self, control: str, index: int) -> int:
+                from meshlearn.engines.worker import serve
+
+                return serve(control, index, host=ray.util.get_node_ip_address())
+
+        _RAY_WORKER = RayWorker
+    return _RAY_WORKER

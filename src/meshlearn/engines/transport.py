@@ -1,0 +1,115 @@
+"""ZeroMQ over TCP between worker processes.
+
+Each worker binds one PULL socket and connects one PUSH socket per worker (itself
+included: messages between nodes of the same process also cross the transport, so their
+bytes and delays are real). Messages are ``wire`` frames; tensor frames are sent without
+copying. With network emulation on, a sender thread holds every message until its link
+delay has passed (ZeroMQ sockets are single-threaded, so then all sends go through it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Sequence
+
+import zmq
+
+__all__ = ["Transport"]
+
+Frames = Sequence[bytes | memoryview]
+
+
+class Transport:
+    """One worker's sockets: ``send(worker, frames, delay_s)`` and ``recv(timeout_s)``."""
+
+    def __init__(self, host: str, port: int = 0, *, max_bytes: int = 1 << 30, delayed: bool = False,
+                 context: zmq.Context | None = None):
+        self.context = context or zmq.Context()
+        self._own_context = context is None
+        self.pull = self.context.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 0)           # rounds are synchronous: memory is bounded by them
+        self.pull.setsockopt(zmq.MAXMSGSIZE, max_bytes)  # larger frames cannot be valid messages
+        if port:
+            self.pull.bind(f"tcp://{host}:{port}")
+        else:
+            port = self.pull.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self.push: dict[int, zmq.Socket] = {}
+        self.closed_peers: set[int] = set()
+        self.send_failures = 0
+        self._delayed = delayed
+        self._queue: queue.Queue = queue.Queue()
+        self._sender: threading.Thread | None = None
+
+    def connect(self, book: dict[int, str]) -> None:
+        """Open a PUSH socket to every worker's address (including our own)."""
+        for worker, address in book.items():
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.LINGER, 30_000)   # flush what is queued when closing
+            sock.connect(address)
+            self.push[worker] = sock
+        if self._delayed:
+            self._sender = threading.Thread(target=self._send_loop, name="emulated-links", daemon=True)
+            self._sender.start()
+
+    def send(self, worker: int, frames: Frames, delay_s: float = 0.0) -> None:
+        """Send ``frames`` to ``worker``, after ``delay_s`` when emulating the network."""
+        if self._delayed:
+            self._queue.put((time.monotonic() + delay_s, frames, worker))
+        else:
+            self._send_now(worker, frames)
+
+    def drop_peer(self, worker: int) -> None:
+        """Stop sending to a worker that is known to be gone."""
+        self.closed_peers.add(worker)
+
+    def recv(self, timeout_s: float) -> list[bytes] | None:
+        """The next message's frames, or None after ``timeout_s``."""
+        if self.pull.poll(max(0, int(timeout_s * 1000))):
+            return self.pull.recv_multipart(copy=True)
+        return None
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._queue.put(None)
+            self._sender.join()
+        for sock in self.push.values():
+            sock.close()
+        self.pull.close(linger=0)
+        if self._own_context:
+            self.context.term()
+
+    def _send_now(self, worker: int, frames: Frames) -> None:
+        if worker in self.closed_peers:
+            return
+        try:
+            self.push[worker].send_multipart(frames, copy=False)
+        except zmq.ZMQError:
+            self.send_failures += 1
+
+    def _send_loop(self) -> None:
+        """Deliver queued messages when their time comes, in due order."""
+        pending: list = []
+        order = itertools.count()  # ties keep sending order
+        while True:
+            timeout = max(0.0, pending[0][0] - time.monotonic()) if pending else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = ()
+            if item is None:  # closing: send the rest at once
+                for _, _, frames, worker in sorted(pending):
+                    self._send_now(worker, frames)
+                return
+            if item:
+                due, frames, worker = item
+                heapq.heappush(pending, (due, next(order), frames, worker))
+            now = time.monotonic()
+            while pending and pending[0][0] <= now:
+                _, _, frames, worker = heapq.heappop(pending)
+                self._send_now(worker, frames)

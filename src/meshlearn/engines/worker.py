@@ -1,0 +1,349 @@
+"""A worker process of the networked engines: hosts some nodes, talks over the transport.
+
+The worker runs the same ``Algorithm`` and ``Sharing`` code as the simulator on its share
+of the nodes (a ``NodeBatch``). Its ``exchange`` sends one wire message per (node,
+neighbour) through ZeroMQ, waits for the round's messages from the neighbours (buffering
+early ones), goes on without the missing ones after ``engine.timeout_s`` and renormalizes
+their mixing weights. The launcher talks to it over a control socket (msgpack maps, plus
+raw float64 frames for the parameter sums of evaluation rounds); nothing is pickled.
+
+Run as ``python -m meshlearn.engines.worker --control ADDRESS --index K``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+from collections import defaultdict
+
+import msgpack
+import numpy as np
+import torch
+import zmq
+
+from meshlearn import wire
+from meshlearn.engines.network import LinkModel, renormalized
+from meshlearn.evaluation import Evaluator
+from meshlearn.metrics import peak_rss_bytes
+from meshlearn.nodes import NodeBatch
+from meshlearn.sharing import Inbox, Payload
+
+__all__ = ["Worker", "MessageInbox", "main", "pack", "unpack"]
+
+log = logging.getLogger("meshlearn.worker")
+
+NODE_METRICS = ("bytes_received", "messages_lost", "messages_missing")
+
+
+def pack(obj: dict) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(frame: bytes) -> dict:
+    obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+        raise ValueError("control message is not a map with a 'kind'")
+    return obj
+
+
+class MessageInbox(Inbox):
+    """What a worker's nodes received: one payload per sender, weights per (receiver, sender).
+
+    Senders are visited in increasing id, so each receiver accumulates its neighbours in the
+    order of the simulator's sparse product, and the results agree to float rounding.
+    """
+
+    def __init__(self, self_weight: torch.Tensor, weights: dict[int, list[tuple[int, float]]],
+                 payloads: dict[int, Payload], template: Payload):
+        self.self_weight = self_weight
+        self.weights = weights        # sender -> [(receiver row, weight)]
+        self.payloads = payloads      # sender -> payload with a leading dimension of 1
+        self.template = template      # an empty (0-row) payload, for the output shape
+
+    def weighted_sum(self, decode) -> torch.Tensor:
+        shape = decode(self.template).shape[1:]
+        out = torch.zeros((len(self.self_weight), *shape), dtype=torch.float32)
+        for src in sorted(self.payloads):
+            dense = decode(self.payloads[src])[0]
+            for row, weight in self.weights[src]:
+                out[row].add_(dense, alpha=weight)
+        return out
+
+
+class Worker:
+    """Hosts ``node_ids`` of an experiment; a ``RoundContext`` over the transport."""
+
+    def __init__(self, experiment, run_id: str, index: int, node_ids: list[int], owner: np.ndarray,
+                 transport, control=None):
+        cfg = experiment.config
+        self.experiment, self.run_id, self.index = experiment, run_id, index
+        self.owner, self.transport, self.control = owner, transport, control
+        self.timeout_s = cfg.engine.timeout_s
+        self.max_bytes = cfg.engine.max_message_bytes
+        self.local_ids = list(node_ids)
+        self.row_of = {node: row for row, node in enumerate(self.local_ids)}
+        self.nodes = NodeBatch(torch.tensor(self.local_ids, dtype=torch.int64),
+                               experiment.initial_params(self.local_ids))
+        self.trainer = experiment.make_trainer(self.local_ids)
+        self.trainer.init_state(self.nodes)
+        self.algorithm = experiment.make_algorithm()
+        self.algorithm.setup(self.nodes)
+        self.evaluator = Evaluator(experiment)
+        self_weight, off = experiment.gossip_weights()
+        self.self_weight64 = self_weight[self.local_ids]
+        self.offdiag = off
+        self.links = LinkModel(cfg.network, off, cfg.seed)
+        self.down: set[int] = set()                  # workers known to be gone
+        self.early: dict[int, dict] = defaultdict(dict)  # rnd -> {(dst, src): message or None}
+        b = len(self.local_ids)
+        self.bytes_sent = np.zeros(b, dtype=np.int64)
+        self.header_bytes = np.zeros(b, dtype=np.int64)
+        self.counters = {name: np.zeros(b, dtype=np.int64) for name in NODE_METRICS}
+        self.codec = cfg.sharing.compression
+        if self.codec != "none":
+            self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
+        self.message_bytes = 0
+        self.rejected = 0                                # invalid messages received
+        self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
+
+    def neighbours(self, node: int) -> np.ndarray:
+        return self.offdiag.indices[self.offdiag.indptr[node]:self.offdiag.indptr[node + 1]]
+
+    # RoundContext
+    def train(self, nodes: NodeBatch) -> torch.Tensor:
+        t0 = time.perf_counter()
+        loss = self.trainer.train(nodes)
+        self.times["train_time_s"] += time.perf_counter() - t0
+        return loss
+
+    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
+        self._send_all(payload, rnd)
+        received = self._collect(rnd)
+        return self._inbox(received, payload)
+
+    def _send_all(self, payload: Payload, rnd: int) -> None:
+        t0 = time.perf_counter()
+        lost = self.links.lost(rnd)
+        codec = self.codec
+        for row, src in enumerate(self.local_ids):
+            tensors = {name: t[row] for name, t in payload.items()}
+            # one copy of the sender's tensors, shared by its messages (the model may change in place later)
+            body = [bytes(f) for f in wire.encode(wire.Message(self.run_id, src, rnd, "model", tensors), codec)[1:]]
+            for dst in self.neighbours(src).tolist():
+                header = wire.encode_header(wire.Message(self.run_id, src, rnd, "model", tensors, {"dst": dst}), codec)
+                nbytes = len(header) + sum(len(f) for f in body)
+                self.bytes_sent[row] += nbytes
+                self.header_bytes[row] += len(header)
+                if codec != "none":
+                    raw_header = wire.encode_header(wire.Message(self.run_id, src, rnd, "model", tensors,
+                                                                 {"dst": dst}))
+                    raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
+                    self.counters["bytes_uncompressed"][row] += len(raw_header) + raw_body
+                self.message_bytes = nbytes
+                worker = int(self.owner[dst])
+                if worker in self.down:
+                    continue
+                pos = self.links.position(dst, src)
+                if lost[pos]:  # emulated loss: the receiver is told at once instead of timing out
+                    notice = wire.encode(wire.Message(self.run_id, src, rnd, "lost", {}, {"dst": dst}))
+                    self.transport.send(worker, notice)
+                    continue
+                delay = float(self.links.delay(pos, nbytes)) if self.links.enabled else 0.0
+                self.transport.send(worker, [header, *body], delay)
+        self.times["serialize_time_s"] += time.perf_counter() - t0
+
+    def _expected(self) -> set[tuple[int, int]]:
+        return {(dst, src) for dst in self.local_ids for src in self.neighbours(dst).tolist()
+                if int(self.owner[src]) not in self.down}
+
+    def _collect(self, rnd: int) -> dict[tuple[int, int], wire.Message | None]:
+        """Round-``rnd`` messages for the local nodes, until all arrived or the timeout."""
+        t0 = time.perf_counter()
+        got = self.early.pop(rnd, {})
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            missing = self._expected() - got.keys()
+            remaining = deadline - time.monotonic()
+            if not missing or remaining <= 0:
+                break
+            self._poll_control()
+            frames = self.transport.recv(min(remaining, 0.05))
+            if frames is not None:
+                self._accept(frames, rnd, got)
+        for dst, _ in self._expected() - got.keys():
+            self.counters["messages_missing"][self.row_of[dst]] += 1
+        if missing:
+            log.warning("worker %d round %d: no message from %d neighbour link(s) after %.1fs; going on without",
+                        self.index, rnd, len(missing), self.timeout_s)
+        self.times["wait_time_s"] += time.perf_counter() - t0
+        return got
+
+    def _accept(self, frames: list[bytes], rnd: int, got: dict) -> None:
+        """Validate one message and file it under its round; log and count bad ones."""
+        try:
+            msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
+            dst = msg.meta.get("dst")
+            if type(dst) is not int or dst not in self.row_of:
+                raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
+            if msg.kind not in ("model", "lost"):
+                raise wire.MessageError(f"unexpected message kind {msg.kind!r}")
+            if self.links.position(dst, msg.src) is None:
+                raise wire.MessageError(f"sender {msg.src} is not a neighbour of node {dst}")
+        except wire.MessageError as exc:
+            log.warning("worker %d: rejected a message: %s", self.index, exc)
+            self.rejected += 1
+            return
+        row = self.row_of[dst]
+        if msg.kind == "lost":
+            self.counters["messages_lost"][row] += 1
+            value = None
+        else:
+            self.counters["bytes_received"][row] += sum(len(f) for f in frames)
+            value = msg
+        if msg.rnd == rnd:
+            got[(dst, msg.src)] = value
+        elif msg.rnd > rnd:
+            self.early[msg.rnd][(dst, msg.src)] = value
+        else:
+            log.info("worker %d: message from %d for past round %d arrived late", self.index, msg.src, msg.rnd)
+
+    def _inbox(self, got: dict, payload: Payload) -> MessageInbox:
+        rows, srcs, weights, received = [], [], [], []
+        for row, dst in enumerate(self.local_ids):
+            start, end = self.offdiag.indptr[dst], self.offdiag.indptr[dst + 1]
+            for src, w in zip(self.offdiag.indices[start:end].tolist(), self.offdiag.data[start:end]):
+                rows.append(row)
+                srcs.append(src)
+                weights.append(w)
+                received.append(got.get((dst, src)) is not None)
+        received = np.array(received, dtype=bool)
+        self_w, link_w = renormalized(self.self_weight64, np.array(weights, dtype=np.float64),
+                                      np.array(rows, dtype=np.int64), received)
+        by_src: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        payloads: dict[int, Payload] = {}
+        for k in np.flatnonzero(received).tolist():
+            src = srcs[k]
+            by_src[src].append((rows[k], float(link_w[k])))
+            if src not in payloads:
+                msg = got[(self.local_ids[rows[k]], src)]
+                payloads[src] = {name: t.unsqueeze(0) for name, t in msg.tensors.items()}
+        template = {name: t[:0] for name, t in payload.items()}
+        return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template)
+
+    # control
+    def _poll_control(self) -> None:
+        while self.control is not None and self.control.poll(0):
+            msg = unpack(self.control.recv())
+            if msg["kind"] == "down":
+                for worker in msg["workers"]:
+                    self.down.add(int(worker))
+                    self.transport.drop_peer(int(worker))
+            elif msg["kind"] == "stop":
+                raise KeyboardInterrupt
+
+    # the round loop
+    def report(self, rnd: int, loss: torch.Tensor, elapsed: float) -> list[bytes]:
+        """The round's report for the launcher: header map, then (on evaluation rounds)
+        the float64 sum of the local models and their summed squared norms."""
+        msg = {"kind": "round", "worker": self.index, "rnd": rnd, "nodes": self.local_ids,
+               "train_loss": loss.tolist(), "bytes_sent": self.bytes_sent.tolist(),
+               "header_bytes": self.header_bytes.tolist(), "wall_time_s": elapsed,
+               **{name: values.tolist() for name, values in self.counters.items()}}
+        if not self.evaluator.due(rnd):
+            return [pack(msg)]
+        t0 = time.perf_counter()
+        params = self.nodes.params
+        ev = self.evaluator.local(self.nodes.ids, params)
+        total = params.double().sum(0)
+        sq = float(params.double().pow(2).sum())
+        self.times["eval_time_s"] += time.perf_counter() - t0
+        msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
+                       "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
+        return [pack(msg), total.numpy().tobytes()]
+
+    def run(self, rounds: int) -> None:
+        loss = torch.full((len(self.local_ids),), float("nan"))
+        elapsed = 0.0
+        for rnd in range(rounds + 1):
+            if rnd > 0:
+                t0 = time.perf_counter()
+                loss = self.algorithm.round(self.nodes, rnd, self)
+                elapsed += time.perf_counter() - t0
+            self._poll_control()
+            if self.control is not None:
+                self.control.send_multipart(self.report(rnd, loss, elapsed))
+
+
+def serve(control_address: str, index: int, host: str | None = None) -> int:
+    """A worker's whole life: handshake with the launcher, build, run the rounds, report."""
+    from meshlearn.config import parse_config
+    from meshlearn.engines.transport import Transport
+    from meshlearn.experiment import Experiment
+
+    context = zmq.Context()
+    control = context.socket(zmq.DEALER)
+    control.setsockopt(zmq.LINGER, 10_000)
+    control.connect(control_address)
+    transport = None
+    try:
+        control.send(pack({"kind": "hello", "worker": index, "pid": os.getpid()}))
+        setup = _wait_for(control, "setup")
+        torch.set_num_threads(setup["threads"])
+        cfg = parse_config(setup["config"], check_files=False)
+        experiment = Experiment.build(cfg)
+        transport = Transport(host or setup["host"], setup.get("port") or 0,
+                              max_bytes=cfg.engine.max_message_bytes, delayed=cfg.network.enabled,
+                              context=context)
+        control.send(pack({"kind": "ready", "worker": index, "address": transport.address}))
+        start = _wait_for(control, "start")
+        transport.connect({int(k): v for k, v in start["book"].items()})
+        owner = np.asarray(start["owner"], dtype=np.int64)
+        worker = Worker(experiment, setup["run_id"], index, setup["nodes"], owner, transport, control)
+        worker.down.update(int(w) for w in start.get("down", []))
+        worker.run(cfg.rounds)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        control.send(pack({"kind": "done", "worker": index, "cpu_time_s": usage.ru_utime + usage.ru_stime,
+                           "peak_rss_bytes": peak_rss_bytes(), "nodes": len(worker.local_ids),
+                           "message_bytes": worker.message_bytes,
+                           "messages_rejected": worker.rejected, "send_failures": transport.send_failures,
+                           **worker.times}))
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        control.send(pack({"kind": "error", "worker": index, "message": traceback.format_exc(limit=8)}))
+        return 1
+    finally:
+        if transport is not None:
+            transport.close()
+        control.close()
+        context.term()
+
+
+def _wait_for(control, kind: str) -> dict:
+    while True:
+        msg = unpack(control.recv())
+        if msg["kind"] == kind:
+            return msg
+        if msg["kind"] == "stop":
+            raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meshlearn.engines.worker",
+                                     description="a meshlearn worker process (started by a launcher)")
+    parser.add_argument("--control", required=True, help="launcher control address, tcp://host:port")
+    parser.add_argument("--index", type=int, required=True, help="this worker's global index")
+    parser.add_argument("--host", help="address to bind the data socket to (default: from the launcher)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return serve(args.control, args.index, args.host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Quantized model sharing: every node sends its whole model, quantized.
+
+``method = "qsgd"``: QSGD's stochastic, unbiased quantization with ``levels`` levels per sign
+and one L2 norm per bucket; ``"uniform"``: ``bits``-bit uniform quantization between each
+bucket's min and max. Receivers average the dequantized models; a node keeps its own exact
+model for its self-weight. The same quantizers serve as CHOCO-SGD's compressor, where they
+quantize model differences instead.
+"""
+
+from __future__ import annotations
+
+from meshlearn.nodes import NodeBatch
+from meshlearn.sharing.base import Inbox, Payload, Sharing
+from meshlearn.sharing.compressors import QSGD, Uniform
+
+
+class QuantizeSharing(Sharing):
+    """x_i ← w_ii x_i + Σ_j w_ij Q(x_j)."""
+
+    name = "quantize"
+
+    def __init__(self, method: str = "qsgd", levels: int = 7, bits: int = 8, bucket_size: int = 512,
+                 seed: int = 0):
+        super().__init__(seed)
+        if method == "qsgd":
+            self.quantizer = QSGD(levels, bucket_size, seed)
+        elif method == "uniform":
+            self.quantizer = Uniform(bits, bucket_size, seed)
+        else:
+            raise ValueError(f"method = {method!r} must be 'qsgd' or 'uniform'")
+
+    def setup(self, nodes: NodeBatch) -> None:
+        self.quantizer.setup(nodes.params.shape[1])
+
+    def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
+        return self.quantizer.compress(nodes.params, nodes.ids, rnd)
+
+    def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
+        mixed = inbox.weighted_sum(self.quantizer.decompress)
+        mixed.addcmul_(nodes.params, inbox.self_weight.to(mixed.dtype).unsqueeze(1))
+        nodes.params = mixed
