@@ -36,6 +36,11 @@ def test_quickstart_is_valid_and_round_trips(tmp_path):
     ({"topology": {"kind": "file"}}, "topology.path", "topology.path"),
     ({"training": {"local_steps": 5, "local_epochs": 1}}, "training.local_epochs", "only one"),
     ({"training": {"optimizer": "adam", "betas": [1.0, 0.9]}}, "training.betas", "[0, 1)"),
+    ({"sharing": {"name": "choco"}, "network": {"loss": 0.1}}, "sharing.name", "network.loss = 0"),
+    ({"network": {"classes": {"slow": {"nodes": [99], "latency_ms": 5}}}}, "network.classes.slow", "outside"),
+    ({"network": {"file": "/nonexistent.csv"}}, "network.file", "src,dst"),
+    ({"network": {"loss": 1.0}}, "network.loss", "less than 1"),
+    ({"engine": {"name": "mpi"}}, "engine.name", "processes"),
 ])
 def test_invalid_configs_name_the_key(raw, key, hint):
     with pytest.raises(ConfigError) as err:

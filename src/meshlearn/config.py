@@ -309,6 +309,11 @@ class ExperimentConfig(_Section):
             bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
             if bad:
                 raise ValueError(f"network.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
+        lossy = self.network.loss > 0 or any((c.loss or 0) > 0 for c in self.network.classes.values())
+        if self.sharing.name == "choco" and lossy:
+            raise ValueError("sharing.name = 'choco' needs every message to arrive (sender and receivers keep "
+                             "copies of each other's public models); set network.loss = 0 and no lossy "
+                             "classes, or use another sharing scheme")
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")

@@ -305,7 +305,7 @@ def _compress(data: memoryview, codec: str) -> bytes:
     return lz4.block.compress(data, store_size=False)
 
 
-def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes:
+def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes | bytearray:
     """Exactly ``nbytes`` from a compressed frame, never allocating more."""
     try:
         check_codec(codec)
@@ -318,7 +318,9 @@ def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes:
             declared = zstandard.frame_content_size(view)
         except zstandard.ZstdError as e:
             raise MessageError(f"{what} is not a zstd frame: {e}") from None
-        if declared != nbytes:  # -1 (unknown) included: the size must be stated and match
+        if declared < 0:  # -1: the frame does not state its size, so nothing bounds it in advance
+            raise MessageError(f"{what} is a zstd frame without its content size; header declares {nbytes} bytes")
+        if declared != nbytes:
             raise MessageError(f"{what} decompresses to {declared} bytes, header declares {nbytes}")
         dobj = zstandard.ZstdDecompressor().decompressobj()
         try:
@@ -331,7 +333,8 @@ def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes:
         import lz4.block
 
         try:  # the block format has no size of its own: lz4 writes at most nbytes
-            out = lz4.block.decompress(view, uncompressed_size=nbytes)
+            # a writable bytearray: decode wraps it instead of copying it again
+            out = lz4.block.decompress(view, uncompressed_size=nbytes, return_bytearray=True)
         except lz4.block.LZ4BlockError as e:
             raise MessageError(f"{what} is corrupt or larger than declared: {e}") from None
     if len(out) != nbytes:

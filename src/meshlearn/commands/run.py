@@ -94,11 +94,12 @@ def summary_table(summary: dict) -> Table:
     rows = [
         ("rounds", f"{summary['rounds_completed']}/{summary['rounds']}"),
         ("nodes / parameters", f"{summary['nodes']} / {summary['parameters']:,}"),
-        ("test accuracy (mean over nodes)", f"{final.get('test_acc_mean', float('nan')):.4f}"),
-        ("test accuracy min / max", f"{final.get('test_acc_min', float('nan')):.4f} / "
-                                    f"{final.get('test_acc_max', float('nan')):.4f}"),
-        ("averaged-model accuracy", f"{final['avg_model_acc']:.4f}" if "avg_model_acc" in final else "—"),
-        ("consensus distance", f"{final.get('consensus_distance', float('nan')):.3g}"),
+        ("test accuracy (mean over nodes)", _fmt(final.get("test_acc_mean"), ".4f")),
+        ("test accuracy min / max", f"{_fmt(final.get('test_acc_min'), '.4f')} / "
+                                    f"{_fmt(final.get('test_acc_max'), '.4f')}"),
+        ("averaged-model accuracy", _fmt(final.get("avg_model_acc"), ".4f")),
+        # None where one launcher sees only its share of the nodes (multi-machine runs)
+        ("consensus distance", _fmt(final.get("consensus_distance"), ".3g")),
         ("bytes sent per node", f"{summary['bytes_sent_per_node'] / 1e6:.2f} MB"),
         ("time per round", f"{summary['time_per_round_s'] * 1e3:.0f} ms" if summary.get("time_per_round_s") else "—"),
         ("peak memory (RSS)", f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB"),
@@ -106,3 +107,8 @@ def summary_table(summary: dict) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted, or a dash where a figure is missing (None in the record)."""
+    return "—" if value is None else format(value, spec)

@@ -36,7 +36,8 @@ class ProcessesEngine:
     """Runs an ``Experiment`` on worker processes that exchange real messages."""
 
     def __init__(self, experiment, run_id: str, placement: str = "processes", workers: int | None = None,
-                 hosts: Hosts | None = None, machine_id: int | None = None):
+                 hosts: Hosts | None = None, machine_id: int | None = None, keep_models: bool = False,
+                 ray_address: str | None = None):
         cfg = experiment.config
         self.experiment, self.run_id, self.placement = experiment, run_id, placement
         self.name = placement
@@ -74,6 +75,9 @@ class ProcessesEngine:
         self.message_bytes = 0
         self.eval_time = 0.0
         self._last_round = -1
+        self.keep_models = keep_models
+        self.ray_address = ray_address
+        self.params: torch.Tensor | None = None   # final models (N, P), with keep_models
         self._extra_metrics = ("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()
 
     # Engine
@@ -107,7 +111,18 @@ class ProcessesEngine:
             if self._pump(0.2):
                 deadline = self._stall_limit()
         self._last_round = rnd
-        return self._merge(rnd, self.reports.pop(rnd, {}))
+        reports = self.reports.pop(rnd, {})
+        if self.keep_models and rnd == self.experiment.config.rounds:
+            self._keep_models(reports)
+        return self._merge(rnd, reports)
+
+    def _keep_models(self, reports: dict[int, list]) -> None:
+        """Final models from the last frame of each worker's last report (NaN rows: failed)."""
+        size = self.experiment.layout.size
+        self.params = torch.full((self.experiment.num_nodes, size), float("nan"))
+        for k, (msg, *frames) in reports.items():
+            rows = np.frombuffer(frames[-1], dtype=np.float32).reshape(len(msg["nodes"]), size)
+            self.params[msg["nodes"]] = torch.from_numpy(rows.copy())
 
     def close(self) -> dict[str, Any]:
         finished = self._last_round >= self.experiment.config.rounds
@@ -138,8 +153,11 @@ class ProcessesEngine:
     # launching
     def _control_host(self) -> str:
         if self.placement == "ray":
-            import ray
-
+            ray = _import_ray()
+            if not ray.is_initialized():
+                address = self.ray_address or os.environ.get("RAY_ADDRESS")
+                ray.init(address=address, log_to_driver=True) if address else \
+                    ray.init(num_cpus=max(len(self.local), os.cpu_count() or 1), include_dashboard=False)
             return ray.util.get_node_ip_address()
         if self.static_book is not None:
             return "127.0.0.1"   # the launcher only talks to the workers of its own machine
@@ -153,7 +171,7 @@ class ProcessesEngine:
     def _setup(self, k: int) -> dict[str, Any]:
         host, port = self.bind[k]
         return {"kind": "setup", "config": self.experiment.config.model_dump(mode="json"), "run_id": self.run_id,
-                "nodes": self.assignment[k], "threads": self.threads,
+                "nodes": self.assignment[k], "threads": self.threads, "keep_models": self.keep_models,
                 "host": None if self.placement == "ray" else host, "port": port}
 
     def _handshake(self, kind: str, on_message) -> None:
@@ -264,7 +282,8 @@ class _ProcessHandle:
 
     def __init__(self, address: str, k: int):
         self.proc = subprocess.Popen([sys.executable, "-m", "meshlearn.engines.worker",
-                                      "--control", address, "--index", str(k)])
+                                      "--control", address, "--index", str(k),
+                                      "--parent", str(os.getpid())])
 
     def exit_code(self) -> int | None:
         return self.proc.poll()
@@ -312,11 +331,22 @@ class _RayHandle:
 _RAY_WORKER = None
 
 
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        from meshlearn.config import ConfigError
+
+        raise ConfigError("engine.name = 'ray' needs Ray: pip install 'meshlearn[ray]' "
+                          "(or use engine.name = 'processes')") from None
+    return ray
+
+
 def _ray_worker_class():
     """The actor class, defined on first use so the base install never imports Ray."""
     global _RAY_WORKER
     if _RAY_WORKER is None:
-        import ray
+        ray = _import_ray()
 
         @ray.remote
         class RayWorker:

@@ -70,7 +70,7 @@ class SimEngine:
         self.header_bytes = np.zeros(n, dtype=np.int64)    # the header part of bytes_sent
         self.raw_bytes_sent = np.zeros(n, dtype=np.int64)  # bytes_sent without the lossless stage
         self.messages_lost = np.zeros(n, dtype=np.int64)   # incoming messages lost (emulated)
-        self.message_bytes = 0                              # size of node 0's last message
+        self.message_bytes = 0                              # size of one of node 0's last messages
         self.train_time = self.eval_time = 0.0
         self.sim_time = 0.0 if self.links.enabled else None
         self._comm_time = 0.0
@@ -172,14 +172,15 @@ def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.
     """Per sender, the total header bytes of its messages to its neighbours this round.
 
     Headers differ only in the msgpack sizes of the sender and receiver ids, so one packed
-    header prices all of them (``wire.uint_nbytes``); the sum is exact.
+    header prices all of them (``wire.uint_nbytes``); the sum is exact. Row i of the
+    (symmetric) adjacency lists the neighbours node i sends to.
     """
     base = header_base_bytes(run_id, payload, rnd, compression)
     ids = np.arange(adjacency.shape[0])
     extra = wire.uint_nbytes(ids) - 1
     degree = np.diff(adjacency.indptr)
-    dst_extra = np.add.reduceat(extra[adjacency.indices], adjacency.indptr[:-1]) if adjacency.nnz else 0
-    dst_extra = np.where(degree > 0, dst_extra, 0)
+    rows = np.repeat(ids, degree)
+    dst_extra = np.bincount(rows, weights=extra[adjacency.indices], minlength=len(ids)).astype(np.int64)
     return degree * (base + extra) + dst_extra
 
 

@@ -68,18 +68,19 @@ class Transport:
         """Stop sending to a worker that is known to be gone."""
         self.closed_peers.add(worker)
 
-    def recv(self, timeout_s: float) -> list[bytes] | None:
-        """The next message's frames, or None after ``timeout_s``."""
+    def recv(self, timeout_s: float) -> list[memoryview] | None:
+        """The next message's frames (views of ZeroMQ's buffers, no copy), or None after ``timeout_s``."""
         if self.pull.poll(max(0, int(timeout_s * 1000))):
-            return self.pull.recv_multipart(copy=True)
+            return [frame.buffer for frame in self.pull.recv_multipart(copy=False)]
         return None
 
     def close(self) -> None:
         if self._sender is not None:
             self._queue.put(None)
             self._sender.join()
-        for sock in self.push.values():
-            sock.close()
+        for worker, sock in self.push.items():
+            # what is queued for a dead worker can never be delivered: do not linger on it
+            sock.close(linger=0 if worker in self.closed_peers else None)
         self.pull.close(linger=0)
         if self._own_context:
             self.context.term()

@@ -99,7 +99,9 @@ class Worker:
         self.offdiag = off
         self.links = LinkModel(cfg.network, off, cfg.seed)
         self.down: set[int] = set()                  # workers known to be gone
-        self.early: dict[int, dict] = defaultdict(dict)  # rnd -> {(dst, src): message or None}
+        self.arrived: dict[int, dict] = defaultdict(dict)  # rnd -> {(dst, src): delivered}
+        self.models: dict[int, dict] = defaultdict(dict)   # rnd -> {src: tensors}, one copy per sender
+        self.deferred: dict[int, list] = defaultdict(list)  # rnd -> (counter, row, amount) of early messages
         b = len(self.local_ids)
         self.bytes_sent = np.zeros(b, dtype=np.int64)
         self.header_bytes = np.zeros(b, dtype=np.int64)
@@ -108,6 +110,7 @@ class Worker:
         if self.codec != "none":
             self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
         self.message_bytes = 0
+        self.spec: dict | None = None                    # names -> (dtype, shape) of a payload row
         self.rejected = 0                                # invalid messages received
         self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
 
@@ -122,9 +125,11 @@ class Worker:
         return loss
 
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
+        # what a neighbour's message must hold: the tensors this run's sharing scheme sends
+        self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
         self._send_all(payload, rnd)
-        received = self._collect(rnd)
-        return self._inbox(received, payload)
+        got, models = self._collect(rnd)
+        return self._inbox(got, models, payload)
 
     def _send_all(self, payload: Payload, rnd: int) -> None:
         t0 = time.perf_counter()
@@ -161,10 +166,16 @@ class Worker:
         return {(dst, src) for dst in self.local_ids for src in self.neighbours(dst).tolist()
                 if int(self.owner[src]) not in self.down}
 
-    def _collect(self, rnd: int) -> dict[tuple[int, int], wire.Message | None]:
-        """Round-``rnd`` messages for the local nodes, until all arrived or the timeout."""
+    def _collect(self, rnd: int) -> tuple[dict[tuple[int, int], bool], dict[int, dict]]:
+        """Round-``rnd`` messages for the local nodes, until all arrived or the timeout.
+
+        Returns {(receiver, sender): delivered (False: lost on the emulated link)} and the
+        senders' tensors, kept once per sender however many local neighbours it has.
+        """
         t0 = time.perf_counter()
-        got = self.early.pop(rnd, {})
+        got = self.arrived[rnd]
+        for name, row, amount in self.deferred.pop(rnd, []):
+            self.counters[name][row] += amount
         deadline = time.monotonic() + self.timeout_s
         while True:
             missing = self._expected() - got.keys()
@@ -174,16 +185,16 @@ class Worker:
             self._poll_control()
             frames = self.transport.recv(min(remaining, 0.05))
             if frames is not None:
-                self._accept(frames, rnd, got)
-        for dst, _ in self._expected() - got.keys():
+                self._accept(frames, rnd)
+        for dst, _ in missing:
             self.counters["messages_missing"][self.row_of[dst]] += 1
         if missing:
-            log.warning("worker %d round %d: no message from %d neighbour link(s) after %.1fs; going on without",
+            log.warning("worker %d round %d: no message on %d neighbour link(s) after %.1fs; going on without",
                         self.index, rnd, len(missing), self.timeout_s)
         self.times["wait_time_s"] += time.perf_counter() - t0
-        return got
+        return self.arrived.pop(rnd), self.models.pop(rnd, {})
 
-    def _accept(self, frames: list[bytes], rnd: int, got: dict) -> None:
+    def _accept(self, frames: list, rnd: int) -> None:
         """Validate one message and file it under its round; log and count bad ones."""
         try:
             msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
@@ -194,25 +205,27 @@ class Worker:
                 raise wire.MessageError(f"unexpected message kind {msg.kind!r}")
             if self.links.position(dst, msg.src) is None:
                 raise wire.MessageError(f"sender {msg.src} is not a neighbour of node {dst}")
+            spec = {name: (t.dtype, tuple(t.shape)) for name, t in msg.tensors.items()}
+            if msg.kind == "model" and spec != self.spec:
+                raise wire.MessageError(f"tensors {spec} are not this run's payload {self.spec}")
         except wire.MessageError as exc:
             log.warning("worker %d: rejected a message: %s", self.index, exc)
             self.rejected += 1
             return
         row = self.row_of[dst]
-        if msg.kind == "lost":
-            self.counters["messages_lost"][row] += 1
-            value = None
+        name, amount = ("messages_lost", 1) if msg.kind == "lost" else ("bytes_received", sum(len(f) for f in frames))
+        if msg.rnd > rnd:   # an early message counts in the figures of its own round
+            self.deferred[msg.rnd].append((name, row, amount))
         else:
-            self.counters["bytes_received"][row] += sum(len(f) for f in frames)
-            value = msg
-        if msg.rnd == rnd:
-            got[(dst, msg.src)] = value
-        elif msg.rnd > rnd:
-            self.early[msg.rnd][(dst, msg.src)] = value
-        else:
+            self.counters[name][row] += amount
+        if msg.rnd < rnd:
             log.info("worker %d: message from %d for past round %d arrived late", self.index, msg.src, msg.rnd)
+            return
+        self.arrived[msg.rnd][(dst, msg.src)] = msg.kind == "model"
+        if msg.kind == "model":
+            self.models[msg.rnd].setdefault(msg.src, msg.tensors)
 
-    def _inbox(self, got: dict, payload: Payload) -> MessageInbox:
+    def _inbox(self, got: dict, models: dict, payload: Payload) -> MessageInbox:
         rows, srcs, weights, received = [], [], [], []
         for row, dst in enumerate(self.local_ids):
             start, end = self.offdiag.indptr[dst], self.offdiag.indptr[dst + 1]
@@ -220,23 +233,20 @@ class Worker:
                 rows.append(row)
                 srcs.append(src)
                 weights.append(w)
-                received.append(got.get((dst, src)) is not None)
+                received.append(got.get((dst, src), False))
         received = np.array(received, dtype=bool)
         self_w, link_w = renormalized(self.self_weight64, np.array(weights, dtype=np.float64),
                                       np.array(rows, dtype=np.int64), received)
         by_src: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        payloads: dict[int, Payload] = {}
         for k in np.flatnonzero(received).tolist():
-            src = srcs[k]
-            by_src[src].append((rows[k], float(link_w[k])))
-            if src not in payloads:
-                msg = got[(self.local_ids[rows[k]], src)]
-                payloads[src] = {name: t.unsqueeze(0) for name, t in msg.tensors.items()}
+            by_src[srcs[k]].append((rows[k], float(link_w[k])))
+        payloads = {src: {name: t.unsqueeze(0) for name, t in models[src].items()} for src in by_src}
         template = {name: t[:0] for name, t in payload.items()}
         return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template)
 
     # control
     def _poll_control(self) -> None:
+        _exit_if_orphaned()
         while self.control is not None and self.control.poll(0):
             msg = unpack(self.control.recv())
             if msg["kind"] == "down":
@@ -247,15 +257,16 @@ class Worker:
                 raise KeyboardInterrupt
 
     # the round loop
-    def report(self, rnd: int, loss: torch.Tensor, elapsed: float) -> list[bytes]:
+    def report(self, rnd: int, loss: torch.Tensor, elapsed: float, send_models: bool = False) -> list[bytes]:
         """The round's report for the launcher: header map, then (on evaluation rounds)
-        the float64 sum of the local models and their summed squared norms."""
+        the float64 sum of the local models, then (if ``send_models``) the models."""
         msg = {"kind": "round", "worker": self.index, "rnd": rnd, "nodes": self.local_ids,
                "train_loss": loss.tolist(), "bytes_sent": self.bytes_sent.tolist(),
                "header_bytes": self.header_bytes.tolist(), "wall_time_s": elapsed,
                **{name: values.tolist() for name, values in self.counters.items()}}
+        models = [self.nodes.params.numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
-            return [pack(msg)]
+            return [pack(msg), *models]
         t0 = time.perf_counter()
         params = self.nodes.params
         ev = self.evaluator.local(self.nodes.ids, params)
@@ -264,9 +275,10 @@ class Worker:
         self.times["eval_time_s"] += time.perf_counter() - t0
         msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
-        return [pack(msg), total.numpy().tobytes()]
+        return [pack(msg), total.numpy().tobytes(), *models]
 
-    def run(self, rounds: int) -> None:
+    def run(self, rounds: int, send_models: bool = False) -> None:
+        """All rounds; ``send_models`` also ships the final models to the launcher."""
         loss = torch.full((len(self.local_ids),), float("nan"))
         elapsed = 0.0
         for rnd in range(rounds + 1):
@@ -276,7 +288,7 @@ class Worker:
                 elapsed += time.perf_counter() - t0
             self._poll_control()
             if self.control is not None:
-                self.control.send_multipart(self.report(rnd, loss, elapsed))
+                self.control.send_multipart(self.report(rnd, loss, elapsed, send_models and rnd == rounds))
 
 
 def serve(control_address: str, index: int, host: str | None = None) -> int:
@@ -305,7 +317,7 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         owner = np.asarray(start["owner"], dtype=np.int64)
         worker = Worker(experiment, setup["run_id"], index, setup["nodes"], owner, transport, control)
         worker.down.update(int(w) for w in start.get("down", []))
-        worker.run(cfg.rounds)
+        worker.run(cfg.rounds, send_models=setup.get("keep_models", False))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         control.send(pack({"kind": "done", "worker": index, "cpu_time_s": usage.ru_utime + usage.ru_stime,
                            "peak_rss_bytes": peak_rss_bytes(), "nodes": len(worker.local_ids),
@@ -325,8 +337,19 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         context.term()
 
 
+_PARENT: int | None = None   # the launcher's pid, for workers it started as subprocesses
+
+
+def _exit_if_orphaned() -> None:
+    """A worker whose launcher died (killed, crashed) has nobody to report to: stop."""
+    if _PARENT is not None and os.getppid() != _PARENT:
+        raise KeyboardInterrupt
+
+
 def _wait_for(control, kind: str) -> dict:
     while True:
+        while not control.poll(1000):
+            _exit_if_orphaned()
         msg = unpack(control.recv())
         if msg["kind"] == kind:
             return msg
@@ -340,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True, help="launcher control address, tcp://host:port")
     parser.add_argument("--index", type=int, required=True, help="this worker's global index")
     parser.add_argument("--host", help="address to bind the data socket to (default: from the launcher)")
+    parser.add_argument("--parent", type=int, help="exit when this process (the launcher) is gone")
     args = parser.parse_args(argv)
+    global _PARENT
+    _PARENT = args.parent
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return serve(args.control, args.index, args.host)
 

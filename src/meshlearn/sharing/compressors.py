@@ -46,10 +46,12 @@ def count(fraction: float, size: int) -> int:
 
 
 def _index_dtype(size: int) -> torch.dtype:
+    """The narrowest signed integer type that holds every index below ``size``."""
     return torch.int16 if size <= 2**15 else torch.int32 if size <= 2**31 else torch.int64
 
 
 def _uses_bitmask(k: int, size: int) -> bool:
+    """Whether a P-bit mask is shorter on the wire than k indices (sender and receiver decide alike)."""
     index_bytes = k * torch.empty(0, dtype=_index_dtype(size)).element_size()
     return math.ceil(size / 8) < index_bytes
 
@@ -58,19 +60,34 @@ def encode_support(idx: torch.Tensor, size: int) -> Payload:
     """The support of (B, k) sorted indices: ``{"indices": ...}`` or ``{"bitmask": ...}``."""
     if not _uses_bitmask(idx.shape[1], size):
         return {"indices": idx.to(_index_dtype(size))}
-    mask = torch.zeros(idx.shape[0], size, dtype=torch.bool).scatter_(1, idx, True)
+    mask = _mask_of(idx, size)
     return {"bitmask": torch.from_numpy(np.packbits(mask.numpy(), axis=1, bitorder="little"))}
 
 
-def _expect(payload: Payload, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A payload tensor with the shape and dtype this compressor sends, else MessageError."""
+def _mask_of(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """(S, size) bool rows, true at each row's (S, k) indices."""
+    return torch.zeros(idx.shape[0], size, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def _expect(payload: Payload, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            rows: int | None = None) -> torch.Tensor:
+    """A payload tensor with the shape and dtype this compressor sends, else MessageError.
+
+    Payloads come from the network: the leading (sender) dimension must be there, and agree
+    with ``rows`` (the other tensors of the payload), or decoding would broadcast one sender's
+    scales over another's codes, or fail deep inside torch with an unclear error.
+    """
     if name not in payload:
         raise MessageError(f"payload lacks {name!r} (has {sorted(payload)}); sender and receiver disagree "
                            "on the sharing scheme")
     t = payload[name]
+    if t.dim() != len(shape) + 1:
+        raise MessageError(f"payload {name!r} has shape {list(t.shape)}, expected {['senders', *shape]}")
     if t.dtype != dtype or tuple(t.shape[1:]) != shape:
         raise MessageError(f"payload {name!r} is {t.dtype}{list(t.shape[1:])} per sender, expected "
                            f"{dtype}{list(shape)}; sender and receiver disagree on the sharing options")
+    if rows is not None and t.shape[0] != rows:
+        raise MessageError(f"payload {name!r} has {t.shape[0]} senders, its other tensors {rows}")
     return t
 
 
@@ -80,7 +97,7 @@ def decode_support(payload: Payload, k: int, size: int) -> torch.Tensor:
         idx = _expect(payload, "indices", (k,), _index_dtype(size)).long()
         if idx.numel() and (idx.min() < 0 or idx.max() >= size or (idx[:, 1:] <= idx[:, :-1]).any()):
             raise MessageError(f"indices must be increasing and in [0, {size})")
-        return torch.zeros(idx.shape[0], size, dtype=torch.bool).scatter_(1, idx, True)
+        return _mask_of(idx, size)
     packed = _expect(payload, "bitmask", (math.ceil(size / 8),), torch.uint8)
     mask = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=size, bitorder="little").view(bool))
     if (mask.sum(1) != k).any():
@@ -181,6 +198,8 @@ class _Sparsifier(Compressor):
     def decompress_partial(self, payload):
         values = _expect(payload, "values", (self.k,), torch.float32)
         mask = self.mask(payload)
+        if mask.shape[0] != values.shape[0]:
+            raise MessageError(f"payload has values of {values.shape[0]} senders, support of {mask.shape[0]}")
         return scatter(values, mask), mask.to(values.dtype)
 
     def decompress(self, payload):
@@ -235,8 +254,7 @@ class RandomK(_Sparsifier):
         seeds = _expect(payload, "seed", (), torch.int64)
         if (seeds < 0).any():
             raise MessageError("random-k seeds must be non-negative")
-        idx = self._from_seeds(seeds.tolist())
-        return torch.zeros(idx.shape[0], self.size, dtype=torch.bool).scatter_(1, idx, True)
+        return _mask_of(self._from_seeds(seeds.tolist()), self.size)
 
 
 class _Bucketed(Compressor):
@@ -306,10 +324,12 @@ class QSGD(_Bucketed):
 
     def decompress(self, payload):
         norms = _expect(payload, "norms", (self.buckets,), torch.float32)
-        packed = _expect(payload, "codes", (math.ceil(self.size * self.bits / 8),), torch.uint8)
+        packed = _expect(payload, "codes", (math.ceil(self.size * self.bits / 8),), torch.uint8, len(norms))
         codes = unpack_bits(packed, self.bits, self.size)
         if codes.numel() and codes.max() > 2 * self.levels:
             raise MessageError(f"QSGD codes must be at most {2 * self.levels}")
+        if (norms < 0).any():  # NaN passes: a diverged sender's model, as with full sharing
+            raise MessageError("QSGD norms must be non-negative")
         scale = self._per_coordinate(norms * (self.shrink / self.levels))
         return (codes.to(torch.float32) - self.levels) * scale
 
@@ -338,8 +358,10 @@ class Uniform(_Bucketed):
 
     def decompress(self, payload):
         lo = _expect(payload, "lo", (self.buckets,), torch.float32)
-        scale = _expect(payload, "scale", (self.buckets,), torch.float32)
-        packed = _expect(payload, "codes", (math.ceil(self.size * self.bits / 8),), torch.uint8)
+        scale = _expect(payload, "scale", (self.buckets,), torch.float32, len(lo))
+        packed = _expect(payload, "codes", (math.ceil(self.size * self.bits / 8),), torch.uint8, len(lo))
+        if (scale < 0).any():  # (max - min) / steps; NaN passes, as with full sharing
+            raise MessageError("uniform quantization scales must be non-negative")
         codes = unpack_bits(packed, self.bits, self.size).to(torch.float32)
         return self._per_coordinate(lo) + codes * self._per_coordinate(scale)
 
@@ -350,6 +372,7 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 
 
 def build(name: str, seed: int = 0, **options) -> Compressor:
+    """The compressor ``name`` (``CompressorConfig.options()``); ``seed`` drives its randomness."""
     if name not in COMPRESSORS:
         raise ValueError(f"compressor {name!r} is unknown; use one of {sorted(COMPRESSORS)}")
     return COMPRESSORS[name](seed=seed, **options)
