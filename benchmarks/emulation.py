@@ -34,7 +34,7 @@ def config(model: str, nodes: int, rounds: int, engine: str, workers: int) -> di
         "training": {"local_steps": STEPS, "batch_size": BATCH, "lr": 0.01},
         # evaluate every round (2 nodes, 200 samples) so every round's wall time is recorded
         "evaluation": {"every": 1, "nodes": 2, "test_samples": 200, "average_model": False},
-        "engine": {"name": engine, "workers": workers, "timeout_s": 600},
+        "engine": {"name": engine, "workers": workers, "timeout_s": 120},
     }
 
 

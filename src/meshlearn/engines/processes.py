@@ -71,6 +71,7 @@ class ProcessesEngine:
         self.identity: dict[int, bytes] = {}
         self.reports: dict[int, dict[int, list]] = {}
         self.done: dict[int, dict] = {}
+        self.handshakes: dict[str, list] = {}      # start-up messages not yet handled, by kind
         self.failures: dict[int, dict] = {}
         self.message_bytes = 0
         self.eval_time = 0.0
@@ -182,7 +183,8 @@ class ProcessesEngine:
             if time.monotonic() > deadline:
                 missing = [k for k in self._alive() if k not in seen]
                 raise RuntimeError(f"workers {missing} did not start within {STARTUP_TIMEOUT_S:.0f}s")
-            for k, msg in self._receive(0.2, kinds=(kind,)):
+            self._receive(0.2)
+            for k, msg in self.handshakes.pop(kind, []):
                 seen.add(k)
                 on_message(k, msg)
             if not self._alive():
@@ -201,11 +203,12 @@ class ProcessesEngine:
 
     def _pump(self, timeout_s: float) -> bool:
         """Handle control messages for up to ``timeout_s``; True if any arrived."""
-        return bool(self._receive(timeout_s, kinds=()))
+        return self._receive(timeout_s) > 0
 
-    def _receive(self, timeout_s: float, kinds: tuple[str, ...]) -> list[tuple[int, dict]]:
-        """File reports and failures; return the messages of ``kinds``. Also checks liveness."""
-        out = []
+    def _receive(self, timeout_s: float) -> int:
+        """File reports, failures and handshake messages (a fast worker's "ready" may come
+        before a slow one's "hello"); check liveness; return how many messages came."""
+        count = 0
         if self.control.poll(int(timeout_s * 1000)):
             while self.control.poll(0):
                 identity, *frames = self.control.recv_multipart()
@@ -225,13 +228,14 @@ class ProcessesEngine:
                     self.message_bytes = msg.get("message_bytes", self.message_bytes)
                 elif kind == "error":
                     self._fail(k, msg["message"].strip().splitlines()[-1], detail=msg["message"])
-                if not kinds or kind in kinds:
-                    out.append((k, msg))
+                elif kind in ("hello", "ready"):
+                    self.handshakes.setdefault(kind, []).append((k, msg))
+                count += 1
         for k in self._alive():
             code = self.handles[k].exit_code()
             if code is not None and k not in self.done:
                 self._fail(k, f"exited with code {code}" + (" (killed)" if code < 0 else ""))
-        return out
+        return count
 
     def _fail(self, k: int, reason: str, detail: str | None = None) -> None:
         if k in self.failures:

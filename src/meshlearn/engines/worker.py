@@ -189,8 +189,9 @@ class Worker:
         for dst, _ in missing:
             self.counters["messages_missing"][self.row_of[dst]] += 1
         if missing:
-            log.warning("worker %d round %d: no message on %d neighbour link(s) after %.1fs; going on without",
-                        self.index, rnd, len(missing), self.timeout_s)
+            links = ", ".join(f"{src}->{dst}" for dst, src in sorted(missing)[:10])
+            log.warning("worker %d round %d: after %.1fs no message on %d link(s) (%s%s); going on without them",
+                        self.index, rnd, self.timeout_s, len(missing), links, ", ..." if len(missing) > 10 else "")
         self.times["wait_time_s"] += time.perf_counter() - t0
         return self.arrived.pop(rnd), self.models.pop(rnd, {})
 
