@@ -1,6 +1,5 @@
 """The vectorized simulator against the per-node reference loop, and determinism."""
 
-import numpy as np
 import pytest
 import torch
 
