@@ -416,3 +416,39 @@ def test_ray_matches_sim(ray_cluster):
     reports, extra = drive(engine, cfg.rounds)
     assert extra["placement"] == "ray" and extra["failures"] == []
     assert_same_run(sim, sim_reports, engine, reports)
+
+
+def test_undecodable_payload_from_a_neighbour_is_dropped_not_fatal(caplog):
+    """A well-formed message whose sparse payload the scheme cannot decode (indices out of
+    range) is rejected at aggregation: the sender counts as missing for that round, the
+    receiver's weights are renormalized, and the worker goes on."""
+    cfg = small_config(nodes=6, rounds=1, engine__timeout_s=30,
+                       sharing={"name": "topk", "fraction": 0.01})
+    exp = Experiment.build(cfg)
+    transport = Transport("127.0.0.1", 0)
+    transport.connect({0: transport.address})
+    worker = Worker(exp, RUN_ID, 0, list(range(cfg.nodes)), np.zeros(cfg.nodes, dtype=np.int64), transport)
+    context = zmq.Context()
+    peer = context.socket(zmq.PUSH)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(transport.address)
+    try:
+        dst = 0
+        src = int(worker.neighbours(dst)[0])
+        k = max(1, int(0.01 * exp.layout.size))
+        hostile = {"values": torch.zeros(k), "indices": torch.full((k,), 30000, dtype=torch.int16)}
+        peer.send_multipart(_frames(src, dst, tensors=hostile))   # arrives before the real one
+        time.sleep(0.3)
+        with caplog.at_level(logging.WARNING, logger="meshlearn.worker"):
+            worker.run(cfg.rounds)
+    finally:
+        peer.close()
+        context.term()
+        transport.close()
+    assert worker.rejected == 1
+    assert any(f"rejected the payload of node {src}" in r.getMessage() for r in caplog.records)
+    assert torch.isfinite(worker.nodes.params).all()
+    sim, _ = run_sim(cfg)
+    # exactly the receivers of ``src`` (which all use its first, hostile message) lost it
+    differs = (worker.nodes.params - sim.nodes.params).abs().amax(1) > 1e-5
+    assert sorted(np.flatnonzero(differs.numpy()).tolist()) == sorted(worker.neighbours(src).tolist())

@@ -55,24 +55,46 @@ class MessageInbox(Inbox):
     """What a worker's nodes received: one payload per sender, weights per (receiver, sender).
 
     Senders are visited in increasing id, so each receiver accumulates its neighbours in the
-    order of the simulator's sparse product, and the results agree to float rounding.
+    order of the simulator's sparse product, and the results agree to float rounding. A
+    payload that passed the wire checks but that the sharing scheme cannot decode (hostile
+    indices, say) is dropped like a missing message: its receivers' weights are renormalized
+    over the rest, and ``on_reject`` counts it.
     """
 
     def __init__(self, self_weight: torch.Tensor, weights: dict[int, list[tuple[int, float]]],
-                 payloads: dict[int, Payload], template: Payload):
+                 payloads: dict[int, Payload], template: Payload, on_reject=lambda src, exc: None):
         self.self_weight = self_weight
         self.weights = weights        # sender -> [(receiver row, weight)]
         self.payloads = payloads      # sender -> payload with a leading dimension of 1
         self.template = template      # an empty (0-row) payload, for the output shape
+        self.on_reject = on_reject
+        self.rejected: set[int] = set()
+        self.kept = torch.ones(len(self_weight), dtype=torch.float64)   # weight left per receiver
 
     def weighted_sum(self, decode) -> torch.Tensor:
         shape = decode(self.template).shape[1:]
         out = torch.zeros((len(self.self_weight), *shape), dtype=torch.float32)
         for src in sorted(self.payloads):
-            dense = decode(self.payloads[src])[0]
+            if src in self.rejected:
+                continue
+            try:
+                dense = decode(self.payloads[src])[0]
+            except wire.MessageError as exc:
+                self._reject(src, exc)
+                continue
             for row, weight in self.weights[src]:
                 out[row].add_(dense, alpha=weight)
+        if self.rejected:
+            out *= (1.0 / self.kept).float().view(-1, *[1] * len(shape))
         return out
+
+    def _reject(self, src: int, exc: Exception) -> None:
+        self.on_reject(src, exc)
+        self.rejected.add(src)
+        before = self.kept.clone()
+        for row, weight in self.weights[src]:
+            self.kept[row] -= weight
+        self.self_weight = self.self_weight * (before / self.kept).float()
 
 
 class Worker:
@@ -243,7 +265,11 @@ class Worker:
             by_src[srcs[k]].append((rows[k], float(link_w[k])))
         payloads = {src: {name: t.unsqueeze(0) for name, t in models[src].items()} for src in by_src}
         template = {name: t[:0] for name, t in payload.items()}
-        return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template)
+        return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template, self._reject_payload)
+
+    def _reject_payload(self, src: int, exc: Exception) -> None:
+        log.warning("worker %d: rejected the payload of node %d: %s", self.index, src, exc)
+        self.rejected += 1
 
     # control
     def _poll_control(self) -> None:

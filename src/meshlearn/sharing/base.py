@@ -28,7 +28,7 @@ class Inbox(ABC):
     to one per receiver (an engine that loses a message renormalizes them).
     """
 
-    self_weight: torch.Tensor  # (B,)
+    self_weight: torch.Tensor  # (B,); read it after weighted_sum, which may renormalize it
 
     @abstractmethod
     def weighted_sum(self, decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
