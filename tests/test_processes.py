@@ -8,6 +8,7 @@ workers as prove the point.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -297,11 +298,10 @@ def test_multi_machine_run_merges_to_the_sim_result(tmp_path):
 
 # hostile and malformed messages
 
-@pytest.fixture
-def lone_worker():
-    """One in-process worker hosting every node of a 6-node experiment on a real transport,
-    and a PUSH socket to its address for a test to play a misbehaving peer."""
-    cfg = small_config(nodes=6, rounds=2, engine__timeout_s=30, engine__max_message_bytes=1 << 20)
+@contextlib.contextmanager
+def _lone_worker(cfg):
+    """One in-process worker hosting every node of ``cfg`` on a real transport, and a PUSH
+    socket to its address for a test to play a misbehaving peer."""
     exp = Experiment.build(cfg)
     transport = Transport("127.0.0.1", 0, max_bytes=cfg.engine.max_message_bytes)
     transport.connect({0: transport.address})
@@ -310,10 +310,19 @@ def lone_worker():
     peer = context.socket(zmq.PUSH)
     peer.setsockopt(zmq.LINGER, 0)
     peer.connect(transport.address)
-    yield worker, peer
-    peer.close()
-    context.term()
-    transport.close()
+    try:
+        yield worker, peer
+    finally:
+        peer.close()
+        context.term()
+        transport.close()
+
+
+@pytest.fixture
+def lone_worker():
+    with _lone_worker(small_config(nodes=6, rounds=2, engine__timeout_s=30,
+                                   engine__max_message_bytes=1 << 20)) as pair:
+        yield pair
 
 
 def _frames(src, dst, rnd=1, run=RUN_ID, tensors=None, kind="model"):
@@ -424,27 +433,15 @@ def test_undecodable_payload_from_a_neighbour_is_dropped_not_fatal(caplog):
     receiver's weights are renormalized, and the worker goes on."""
     cfg = small_config(nodes=6, rounds=1, engine__timeout_s=30,
                        sharing={"name": "topk", "fraction": 0.01})
-    exp = Experiment.build(cfg)
-    transport = Transport("127.0.0.1", 0)
-    transport.connect({0: transport.address})
-    worker = Worker(exp, RUN_ID, 0, list(range(cfg.nodes)), np.zeros(cfg.nodes, dtype=np.int64), transport)
-    context = zmq.Context()
-    peer = context.socket(zmq.PUSH)
-    peer.setsockopt(zmq.LINGER, 0)
-    peer.connect(transport.address)
-    try:
+    with _lone_worker(cfg) as (worker, peer):
         dst = 0
         src = int(worker.neighbours(dst)[0])
-        k = max(1, int(0.01 * exp.layout.size))
+        k = max(1, int(0.01 * worker.experiment.layout.size))
         hostile = {"values": torch.zeros(k), "indices": torch.full((k,), 30000, dtype=torch.int16)}
         peer.send_multipart(_frames(src, dst, tensors=hostile))   # arrives before the real one
         time.sleep(0.3)
         with caplog.at_level(logging.WARNING, logger="meshlearn.worker"):
             worker.run(cfg.rounds)
-    finally:
-        peer.close()
-        context.term()
-        transport.close()
     assert worker.rejected == 1
     assert any(f"rejected the payload of node {src}" in r.getMessage() for r in caplog.records)
     assert torch.isfinite(worker.nodes.params).all()
