@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import zmq
 
+from meshlearn.config import ConfigError
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.worker import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
@@ -44,7 +45,7 @@ class ProcessesEngine:
         n = experiment.num_nodes
         if hosts is not None:
             if machine_id is None:
-                raise ValueError("a hosts file needs the machine id of this launcher")
+                raise ConfigError("a hosts file needs the machine id of this launcher (--machine-id)")
             total = hosts.total_workers
             self.local = hosts.workers_of(machine_id)
             self.static_book = hosts.book()
@@ -57,7 +58,8 @@ class ProcessesEngine:
             self.static_book = None
             self.bind = {k: (cfg.engine.host, 0) for k in self.local}
         if total > n:
-            raise ValueError(f"{total} workers for {n} nodes: use at most one worker per node")
+            raise ConfigError(f"the hosts file has {total} workers for nodes = {n}: use at most one worker "
+                              "per node")
         self.assignment = split_nodes(n, total)
         self.owner = np.empty(n, dtype=np.int64)
         for k, block in enumerate(self.assignment):
@@ -339,8 +341,6 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        from meshlearn.config import ConfigError
-
         raise ConfigError("engine.name = 'ray' needs Ray: pip install 'meshlearn[ray]' "
                           "(or use engine.name = 'processes')") from None
     return ray
