@@ -2,7 +2,8 @@
 vectorized `sim` engine on the same configs, measured in one run.
 
 For the FEMNIST CNN (1.69 M parameters, 62 classes, FEMNIST-shaped synthetic data) and
-logistic regression at 16, 32 and 64 nodes (4-regular, 10 local steps of batch 16): time
+logistic regression at 16, 32 and 64 nodes (the workload of ``sim_scaling.py``: 4-regular,
+10 local steps of batch 16): time
 per round (mean and slowest round, evaluation excluded), peak memory (sim: its process;
 processes: launcher + all workers), and whether both engines charged the same bytes. Each
 run is a fresh subprocess, so its memory is its own.
@@ -19,19 +20,14 @@ import subprocess
 import sys
 import tempfile
 
-STEPS, BATCH, DEGREE = 10, 16, 4
-CLASSES = {"femnist_cnn": 62}
+from sim_scaling import config as scaling_config   # the same workload as the sim scaling benchmark
 
 
 def config(model: str, nodes: int, rounds: int, engine: str, workers: int) -> dict:
+    cfg = scaling_config(model, nodes)
+    cfg["data"]["options"]["test_samples"] = 200
     return {
-        "name": f"emulation-{model}-{nodes}-{engine}", "seed": 0, "nodes": nodes, "rounds": rounds,
-        "data": {"dataset": "synthetic", "partition": "iid",
-                 "options": {"shape": [1, 28, 28], "num_classes": CLASSES.get(model, 10),
-                             "train_samples": 64 * nodes, "test_samples": 200}},
-        "topology": {"kind": "regular", "degree": DEGREE},
-        "model": {"name": model},
-        "training": {"local_steps": STEPS, "batch_size": BATCH, "lr": 0.01},
+        **cfg, "name": f"emulation-{model}-{nodes}-{engine}", "rounds": rounds,
         # evaluate every round (2 nodes, 200 samples) so every round's wall time is recorded
         "evaluation": {"every": 1, "nodes": 2, "test_samples": 200, "average_model": False},
         "engine": {"name": engine, "workers": workers, "timeout_s": 120},

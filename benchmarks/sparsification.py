@@ -33,7 +33,6 @@ a table. About 7 minutes on 2 cores:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import numpy as np
 
 from meshlearn import plotting
 from meshlearn.config import parse_config
+from meshlearn.results import read_jsonl
 from meshlearn.runner import run_experiment
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -69,10 +69,6 @@ def config(scheme: str, rounds: int, root: str) -> dict:
     }
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
-
-
 def accuracy_at_bytes(curve: list[dict], sent: float) -> float | None:
     """Mean test accuracy of a run when it had sent ``sent`` bytes per node (linear interpolation)."""
     xs = [r["bytes_sent_per_node"] for r in curve]
@@ -98,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         t0 = time.perf_counter()
         run_experiment(parse_config(config(name, args.rounds, args.root)), out / name)
-        record = records(out / name)[-1]
+        record = read_jsonl(out / name / "rounds.jsonl")[-1]
         rows.append((name, record, time.perf_counter() - t0))
         print(f"{name}: {record['test_acc_mean']:.4f} after {args.rounds} rounds "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -107,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for metric, file in (("test_acc_mean", "accuracy.png"), ("avg_model_acc", "avg_model.png")):
         plotting.plot_runs(runs, out / file, metric=metric, x_axes=("round", "bytes"))
 
-    full_curve = records(out / "full") if "full" in names else []
+    full_curve = runs[names.index("full")].rounds if "full" in names else []
     full_bytes = full_curve[-1]["bytes_sent_per_node"] if full_curve else None
     print(f"\n64 nodes, Fashion-MNIST shards (2/node), 5-regular, MLP 784-64-10, {args.rounds} rounds, "
           f"budget {BUDGET:.0%}")

@@ -40,11 +40,10 @@ class Evaluator:
         self.experiment = experiment
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.cfg = cfg
-        self.every = cfg.every
 
     def due(self, rnd: int) -> bool:
         """Round 0 (the initial models), every ``evaluation.every`` rounds, and the last round."""
-        return rnd % self.every == 0 or rnd == self.experiment.config.rounds
+        return rnd % self.cfg.every == 0 or rnd == self.experiment.config.rounds
 
     def models(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(accuracy, loss) of each row of ``params`` on the test sample."""
@@ -95,6 +94,11 @@ class RoundReport:
     eval_time_s: float = 0.0
     node_metrics: dict[str, np.ndarray] = field(default_factory=dict)  # further per-node figures
 
+    def node_figures(self, i: int) -> dict[str, Any]:
+        """Training loss, traffic and further figures of the node at position ``i``."""
+        return {"train_loss": float(self.train_loss[i]), "bytes_sent": int(self.bytes_sent[i]),
+                **{name: values[i].item() for name, values in self.node_metrics.items()}}
+
 
 def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ``rounds.jsonl`` record and the ``nodes.jsonl`` rows (evaluated nodes) of a round."""
@@ -122,9 +126,7 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
             i = position.get(int(node))
             row = {"round": report.rnd, "node": int(node), "test_acc": float(acc), "test_loss": float(loss)}
             if i is not None:
-                row.update(train_loss=float(report.train_loss[i]), bytes_sent=int(report.bytes_sent[i]),
-                           header_bytes=int(report.header_bytes[i]),
-                           **{name: values[i].item() for name, values in report.node_metrics.items()})
+                row.update(report.node_figures(i), header_bytes=int(report.header_bytes[i]))
             rows.append(row)
     record["eval_time_s"] = report.eval_time_s
     return record, rows

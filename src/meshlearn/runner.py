@@ -20,7 +20,7 @@ from meshlearn.experiment import Experiment
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.results import RunWriter
 
-__all__ = ["run_experiment", "peak_rss_bytes"]
+__all__ = ["run_experiment"]
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
@@ -99,7 +99,5 @@ def _final_nodes(experiment: Experiment, report: RoundReport) -> list[dict[str, 
     for i, node in enumerate(report.nodes.tolist()):
         idx = experiment.parts[node]
         rows.append({"node": node, "train_samples": int(len(idx)), "classes": int(len(np.unique(labels[idx]))),
-                     "degree": int(experiment.graph.degree(node)), "bytes_sent": int(report.bytes_sent[i]),
-                     "train_loss": float(report.train_loss[i]),
-                     **{name: values[i].item() for name, values in report.node_metrics.items()}})
+                     "degree": int(experiment.graph.degree(node)), **report.node_figures(i)})
     return rows

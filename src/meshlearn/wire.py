@@ -42,6 +42,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_header",
+    "encode_tensors",
     "from_bytes",
     "header_nbytes",
     "message_nbytes",
@@ -428,9 +429,13 @@ def encode(msg: Message, compression: str | None = None) -> list[Frame]:
     With ``compression`` ("zstd" or "lz4"), each tensor frame that shrinks is
     replaced by its compressed bytes.
     """
+    return [encode_header(msg, compression), *encode_tensors(msg.tensors, compression)]
+
+
+def encode_tensors(tensors: dict[str, torch.Tensor], compression: str | None = None) -> list[Frame]:
+    """Frames 1..k of a message holding ``tensors`` (they do not depend on the header)."""
     codec = _codec_name(compression)
-    header = _pack_header(msg, codec)
-    return [header, *(_maybe_compressed(_tensor_frame(t), codec) for t in msg.tensors.values())]
+    return [_maybe_compressed(_tensor_frame(t), codec) for t in tensors.values()]
 
 
 def encode_header(msg: Message, compression: str | None = None) -> bytes:

@@ -66,6 +66,8 @@ class SimEngine:
         self.self_weight = torch.from_numpy(self.self_weight64.astype(np.float32))
         self.degree = np.diff(self.offdiag.indptr)
         self.links = LinkModel(experiment.config.network, off, experiment.config.seed)
+        extra = wire.uint_nbytes(np.arange(n)) - 1
+        self.link_id_bytes = extra[off.indices] + extra[self.links.receivers]  # header bytes over node 0 → 0
         self.bytes_sent = np.zeros(n, dtype=np.int64)      # cumulative, per node
         self.header_bytes = np.zeros(n, dtype=np.int64)    # the header part of bytes_sent
         self.raw_bytes_sent = np.zeros(n, dtype=np.int64)  # bytes_sent without the lossless stage
@@ -138,19 +140,22 @@ class SimEngine:
         """Charge each node the exact wire size of the message it sends each neighbour;
         returns the size of every message, per link in CSR order."""
         codec = self.experiment.config.sharing.compression
-        header = message_header_bytes(self.run_id, payload, rnd, self.offdiag, codec)
+        per_sender = lambda values: np.bincount(self.offdiag.indices, weights=values,
+                                                minlength=len(self.degree)).astype(np.int64)
+        headers = header_base_bytes(self.run_id, payload, rnd, codec) + self.link_id_bytes
         body = payload_bytes(payload, codec)
+        sizes = headers + body[self.offdiag.indices]
+        header = per_sender(headers)
         self.header_bytes += header
-        self.bytes_sent += header + body * self.degree
-        self.raw_bytes_sent += (header + body * self.degree if codec == "none" else
-                                message_header_bytes(self.run_id, payload, rnd, self.offdiag)
-                                + payload_bytes(payload) * self.degree)
+        self.bytes_sent += per_sender(sizes)
+        if codec == "none":
+            self.raw_bytes_sent += per_sender(sizes)
+        else:  # what the messages would have been without the lossless stage
+            raw_body = sum(t[0].numel() * t.element_size() for t in payload.values())
+            self.raw_bytes_sent += per_sender(header_base_bytes(self.run_id, payload, rnd)
+                                              + self.link_id_bytes + raw_body)
         self.message_bytes = int(header[0] // max(self.degree[0], 1) + body[0])
-        ids = np.arange(len(body))
-        base = header_base_bytes(self.run_id, payload, rnd, codec)
-        extra = wire.uint_nbytes(ids) - 1
-        senders, receivers = self.offdiag.indices, self.links.receivers
-        return base + extra[senders] + extra[receivers] + body[senders]
+        return sizes
 
 
 def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarray:
@@ -167,26 +172,10 @@ def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarra
                      for row in range(rows)], dtype=np.int64)
 
 
-def message_header_bytes(run_id: str, payload: Payload, rnd: int, adjacency: sp.csr_matrix,
-                         compression: str | None = None) -> np.ndarray:
-    """Per sender, the total header bytes of its messages to its neighbours this round.
-
-    Headers differ only in the msgpack sizes of the sender and receiver ids, so one packed
-    header prices all of them (``wire.uint_nbytes``); the sum is exact. Row i of the
-    (symmetric) adjacency lists the neighbours node i sends to.
-    """
-    base = header_base_bytes(run_id, payload, rnd, compression)
-    ids = np.arange(adjacency.shape[0])
-    extra = wire.uint_nbytes(ids) - 1
-    degree = np.diff(adjacency.indptr)
-    rows = np.repeat(ids, degree)
-    dst_extra = np.bincount(rows, weights=extra[adjacency.indices], minlength=len(ids)).astype(np.int64)
-    return degree * (base + extra) + dst_extra
-
-
 def header_base_bytes(run_id: str, payload: Payload, rnd: int, compression: str | None = None) -> int:
-    """Header size of a message from node 0 to node 0 this round; other ids add
-    ``wire.uint_nbytes(id) - 1`` each."""
+    """Header size of a message from node 0 to node 0 this round. Headers differ only in
+    the msgpack sizes of the sender and receiver ids, so other ids add
+    ``wire.uint_nbytes(id) - 1`` each: one packed header prices every message exactly."""
     return wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
                                            {name: t[0] for name, t in payload.items()}, {"dst": 0}),
                               compression)

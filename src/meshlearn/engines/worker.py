@@ -160,17 +160,17 @@ class Worker:
         for row, src in enumerate(self.local_ids):
             tensors = {name: t[row] for name, t in payload.items()}
             # one copy of the sender's tensors, shared by its messages (the model may change in place later)
-            body = [bytes(f) for f in wire.encode(wire.Message(self.run_id, src, rnd, "model", tensors), codec)[1:]]
+            body = [bytes(f) for f in wire.encode_tensors(tensors, codec)]
+            body_bytes = sum(len(f) for f in body)
+            raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
             for dst in self.neighbours(src).tolist():
-                header = wire.encode_header(wire.Message(self.run_id, src, rnd, "model", tensors, {"dst": dst}), codec)
-                nbytes = len(header) + sum(len(f) for f in body)
+                message = wire.Message(self.run_id, src, rnd, "model", tensors, {"dst": dst})
+                header = wire.encode_header(message, codec)
+                nbytes = len(header) + body_bytes
                 self.bytes_sent[row] += nbytes
                 self.header_bytes[row] += len(header)
                 if codec != "none":
-                    raw_header = wire.encode_header(wire.Message(self.run_id, src, rnd, "model", tensors,
-                                                                 {"dst": dst}))
-                    raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
-                    self.counters["bytes_uncompressed"][row] += len(raw_header) + raw_body
+                    self.counters["bytes_uncompressed"][row] += wire.header_nbytes(message) + raw_body
                 self.message_bytes = nbytes
                 worker = int(self.owner[dst])
                 if worker in self.down:
@@ -297,8 +297,9 @@ class Worker:
         t0 = time.perf_counter()
         params = self.nodes.params
         ev = self.evaluator.local(self.nodes.ids, params)
-        total = params.double().sum(0)
-        sq = float(params.double().pow(2).sum())
+        wide = params.double()
+        total = wide.sum(0)
+        sq = float(wide.pow_(2).sum())
         self.times["eval_time_s"] += time.perf_counter() - t0
         msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}

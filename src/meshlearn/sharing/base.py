@@ -63,6 +63,13 @@ class Sharing(ABC):
         """Replace ``nodes.params`` with the aggregate of own and received models."""
 
 
+def dense_average(params: torch.Tensor, inbox: Inbox,
+                  decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
+    """x_i ← w_ii x_i + Σ_j w_ij decode(payload_j): gossip averaging of whole models."""
+    mixed = inbox.weighted_sum(decode)
+    return mixed.addcmul_(params, inbox.self_weight.to(mixed.dtype).unsqueeze(1))
+
+
 def partial_average(params: torch.Tensor, inbox: Inbox,
                     decode: Callable[[Payload], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Average each parameter over the values actually received for it.

@@ -132,7 +132,6 @@ class Compressor:
     """Maps (B, P) rows to a payload and a payload back to dense (S, P) rows."""
 
     name = ""
-    sparse = False  # True: ``decompress_partial`` also says which coordinates were sent
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -168,7 +167,6 @@ class Identity(Compressor):
 class _Sparsifier(Compressor):
     """k = fraction·P coordinates per node: their values and their support."""
 
-    sparse = True
 
     def __init__(self, fraction: float = 0.1, seed: int = 0):
         super().__init__(seed)

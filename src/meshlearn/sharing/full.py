@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing.base import Inbox, Payload, Sharing
+from meshlearn.sharing.base import Inbox, Payload, Sharing, dense_average
 
 
 class FullSharing(Sharing):
@@ -15,6 +15,4 @@ class FullSharing(Sharing):
         return {"params": nodes.params}  # a view: nothing is copied until a transport needs it
 
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
-        mixed = inbox.weighted_sum(lambda payload: payload["params"])
-        mixed.addcmul_(nodes.params, inbox.self_weight.to(mixed.dtype).unsqueeze(1))
-        nodes.params = mixed
+        nodes.params = dense_average(nodes.params, inbox, lambda payload: payload["params"])

@@ -10,7 +10,7 @@ quantize model differences instead.
 from __future__ import annotations
 
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing.base import Inbox, Payload, Sharing
+from meshlearn.sharing.base import Inbox, Payload, Sharing, dense_average
 from meshlearn.sharing.compressors import QSGD, Uniform
 
 
@@ -36,6 +36,4 @@ class QuantizeSharing(Sharing):
         return self.quantizer.compress(nodes.params, nodes.ids, rnd)
 
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
-        mixed = inbox.weighted_sum(self.quantizer.decompress)
-        mixed.addcmul_(nodes.params, inbox.self_weight.to(mixed.dtype).unsqueeze(1))
-        nodes.params = mixed
+        nodes.params = dense_average(nodes.params, inbox, self.quantizer.decompress)
