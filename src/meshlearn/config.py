@@ -46,7 +46,9 @@ class DataConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="extra loader options")
 
 
-class TopologyConfig(_Section):
+class GraphConfig(_Section):
+    """One communication graph: a generator and its parameters, or a file, and the weights."""
+
     kind: str = "regular"
     degree: int | None = 4
     p: float | None = None
@@ -54,6 +56,8 @@ class TopologyConfig(_Section):
     rows: int | None = None
     path: str | None = Field(None, description="edge-list or adjacency-list file (kind = 'file')")
     weights: Literal["metropolis_hastings", "uniform", "max_degree"] = "metropolis_hastings"
+    dynamic: bool = Field(False, description="re-draw the (random) graph every round from (seed, round)")
+    peers: int | None = Field(None, ge=1, description="kind = 'epidemic': nodes each node pushes to per round")
 
     def generator_params(self) -> dict[str, Any]:
         """Only the parameters the chosen generator takes."""
@@ -62,6 +66,42 @@ class TopologyConfig(_Section):
             "torus": ("rows",), "grid": ("rows",),
         }.get(self.kind, ())
         return {key: getattr(self, key) for key in wanted if getattr(self, key) is not None}
+
+    def check(self, nodes: int, where: str = "topology") -> None:
+        """Reject impossible settings, naming the key."""
+        from meshlearn import topology
+
+        if self.kind == "epidemic":
+            if self.peers is None or not 1 <= self.peers < nodes:
+                raise ValueError(f"{where}.kind = 'epidemic' needs {where}.peers in 1..nodes-1 "
+                                 f"(nodes each node pushes its model to per round), got {self.peers}")
+        elif self.kind == "file":
+            if self.dynamic:
+                raise ValueError(f"{where}.dynamic = true needs a random generator, not a file; "
+                                 f"set {where}.kind to e.g. 'regular'")
+            if not self.path:
+                raise ValueError(f"{where}.kind = 'file' needs {where}.path = '<edge or adjacency list>'")
+            if not Path(self.path).is_file():
+                raise ValueError(f"{where}.path = {self.path!r} does not exist; "
+                                 "write one with 'meshlearn topology generate ... -o FILE'")
+        else:
+            try:
+                topology.check_params(self.kind, nodes, **self.generator_params())
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("topology.", f"{where}.")) from None
+        if self.peers is not None and self.kind != "epidemic":
+            raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic'; remove it")
+
+
+class TopologyPhase(GraphConfig):
+    """A ``[[topology.schedule]]`` entry: the graph used from round ``from_round`` on."""
+
+    from_round: int = Field(ge=2, description="first round of this phase (round 1 uses [topology])")
+
+
+class TopologyConfig(GraphConfig):
+    schedule: list[TopologyPhase] = Field(default_factory=list, description="graphs that take over later")
+    final_average: bool = Field(False, description="average all models globally in the last round")
 
 
 class ModelConfig(_Section):
@@ -104,8 +144,53 @@ class TrainingConfig(_Section):
         return self
 
 
+SERVER_ALGORITHMS = ("fedavg", "parameter_server")
+ASYNC_ALGORITHMS = ("gossip", "adpsgd")
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["dpsgd"] = "dpsgd"
+    """What nodes do each round: D-PSGD, a federated server on a star, or asynchronous gossip."""
+
+    name: Literal["dpsgd", "fedavg", "parameter_server", "gossip", "adpsgd"] = "dpsgd"
+    client_fraction: float | None = Field(None, gt=0, le=1, description="fedavg/parameter_server: share of "
+                                          "the clients sampled each round (default 1)")
+    server_lr: float | None = Field(None, gt=0, description="parameter_server: step size of the averaged update")
+    server_momentum: float | None = Field(None, ge=0, lt=1, description="parameter_server: momentum of the "
+                                          "server's update")
+
+    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "dpsgd": {}, "gossip": {}, "adpsgd": {},
+        "fedavg": {"client_fraction": 1.0},
+        "parameter_server": {"client_fraction": 1.0, "server_lr": 1.0, "server_momentum": 0.0},
+    }
+
+    @model_validator(mode="after")
+    def _options(self) -> "AlgorithmConfig":
+        _scheme_options(self, "algorithm", self.OPTIONS, self.name)
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.OPTIONS[self.name]}
+
+
+class ComputeConfig(_Section):
+    """How long a node's local training takes on the asynchronous simulator's virtual clock.
+
+    Each node gets a fixed speed drawn once from (seed, node); one local training of node i
+    then takes ``mean_s`` × its factor: ``constant`` (all 1), ``uniform`` (1 ± spread),
+    ``lognormal`` (σ = spread, mean 1) or ``exponential`` (mean 1, heavy stragglers).
+    """
+
+    distribution: Literal["constant", "uniform", "lognormal", "exponential"] = "constant"
+    mean_s: float = Field(1.0, gt=0, description="mean virtual seconds of one local training")
+    spread: float = Field(0.5, ge=0, description="uniform: ± share of the mean; lognormal: σ")
+
+    @model_validator(mode="after")
+    def _spread(self) -> "ComputeConfig":
+        if self.distribution == "uniform" and self.spread >= 1:
+            raise ValueError(f"compute.spread = {self.spread} must be < 1 with distribution = 'uniform' "
+                             "(step times must stay positive)")
+        return self
 
 
 def _scheme_options(section: BaseModel, where: str, defaults: dict[str, dict[str, Any]], name: str) -> None:
@@ -291,20 +376,32 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
-        from meshlearn import topology
-
         topo = self.topology
-        if topo.kind == "file":
-            if not topo.path:
-                raise ValueError("topology.kind = 'file' needs topology.path = '<edge or adjacency list>'")
-            if not Path(topo.path).is_file():
-                raise ValueError(f"topology.path = {topo.path!r} does not exist; "
-                                 "write one with 'meshlearn topology generate ... -o FILE'")
-        else:
-            topology.check_params(topo.kind, self.nodes, **topo.generator_params())
+        topo.check(self.nodes)
+        starts = [phase.from_round for phase in topo.schedule]
+        if len(set(starts)) != len(starts):
+            raise ValueError(f"topology.schedule has two phases starting at the same round ({sorted(starts)}); "
+                             "give each phase its own from_round")
+        for k, phase in enumerate(topo.schedule):
+            phase.check(self.nodes, f"topology.schedule[{k}]")
+        algo = self.algorithm.name
+        if algo in SERVER_ALGORITHMS:
+            if topo.kind != "star" or topo.schedule or topo.dynamic or topo.final_average:
+                raise ValueError(f"algorithm.name = {algo!r} runs a server (node 0) and its clients on a star: "
+                                 "set topology.kind = 'star' with no schedule")
+            if self.nodes < 2:
+                raise ValueError(f"algorithm.name = {algo!r} needs nodes >= 2 (a server and a client)")
+        if algo in ASYNC_ALGORITHMS:
+            if self.engine.name != "sim":
+                raise ValueError(f"algorithm.name = {algo!r} is asynchronous and runs on engine.name = 'sim' "
+                                 "(its event-driven clock); use a synchronous algorithm on other engines")
+            if topo.schedule or topo.final_average or topo.dynamic or topo.kind == "epidemic":
+                raise ValueError(f"algorithm.name = {algo!r} gossips over a fixed graph: remove the topology "
+                                 "schedule, dynamic and final_average settings")
         for name, cls in self.network.classes.items():
             bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
             if bad:

@@ -1,0 +1,188 @@
+"""Topologies that change from round to round.
+
+A round's communication is a ``RoundGraph``: a directed, weighted graph whose row i holds
+the weights w_ij of the senders j that receiver i hears from, plus i's own weight w_ii.
+``TopologySchedule`` hands out the graph of each round from the config:
+
+- a static graph (the same every round);
+- a dynamic graph (``topology.dynamic``): the generator is re-run every round with a seed
+  derived from (experiment seed, round), e.g. a random d-regular graph re-drawn each round.
+  Every node derives the same graph from the shared seed, so no central role is needed;
+- Epidemic Learning (``kind = "epidemic"``, de Vos et al., NeurIPS 2023): each node pushes
+  its model to ``peers`` nodes it picks at random each round, and a receiver averages
+  itself with whatever arrived (equal weights);
+- a schedule of phases (``[[topology.schedule]]``), each from a given round, and an
+  optional global average in the last round (``topology.final_average``).
+
+Graphs are pure functions of (config, round), so the simulator and every worker of the
+networked engines draw exactly the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+from meshlearn.topology import generators, mixing
+
+__all__ = ["RoundGraph", "TopologySchedule", "epidemic", "round_seed"]
+
+_GRAPH_STREAM = 0x70F0
+_PEER_STREAM = 0xE91D
+
+
+@dataclass(eq=False)
+class RoundGraph:
+    """Who hears from whom in one exchange, and with which mixing weights.
+
+    ``weights`` is an N × N CSR matrix (float64, sorted columns) whose row i holds w_ij for
+    the senders j of receiver i; ``self_weight[i]`` is w_ii. A graph with no entry in row i
+    leaves node i alone (w_ii = 1).
+    """
+
+    self_weight: np.ndarray
+    weights: sp.csr_matrix
+    label: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mixing(cls, W: sp.spmatrix, label: str = "") -> "RoundGraph":
+        """Split a mixing matrix into self weights and the neighbours' weights."""
+        W = sp.csr_matrix(W, dtype=np.float64)
+        self_weight = W.diagonal().copy()
+        off = (W - sp.diags(self_weight)).tocsr()
+        off.eliminate_zeros()
+        off.sort_indices()
+        return cls(self_weight, off, label)
+
+    @classmethod
+    def from_links(cls, n: int, receivers, senders, weights, self_weight, label: str = "") -> "RoundGraph":
+        """A graph from its directed links (sender → receiver) and their weights."""
+        off = sp.csr_matrix((np.asarray(weights, dtype=np.float64), (receivers, senders)), shape=(n, n))
+        off.sort_indices()
+        return cls(np.asarray(self_weight, dtype=np.float64), off, label)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.weights.shape[0]
+
+    @cached_property
+    def receivers(self) -> np.ndarray:
+        """Receiver of every link, in CSR order (the senders are ``weights.indices``)."""
+        return np.repeat(np.arange(self.num_nodes), np.diff(self.weights.indptr))
+
+    @cached_property
+    def _outgoing(self) -> sp.csr_matrix:
+        out = self.weights.T.tocsr()
+        out.sort_indices()
+        return out
+
+    def senders_of(self, node: int) -> np.ndarray:
+        w = self.weights
+        return w.indices[w.indptr[node]:w.indptr[node + 1]]
+
+    def receivers_of(self, node: int) -> np.ndarray:
+        """The nodes that hear from ``node`` (its out-neighbours), in increasing id."""
+        out = self._outgoing
+        return out.indices[out.indptr[node]:out.indptr[node + 1]]
+
+    def in_degree(self) -> np.ndarray:
+        return np.diff(self.weights.indptr)
+
+    def out_degree(self) -> np.ndarray:
+        return np.bincount(self.weights.indices, minlength=self.num_nodes)
+
+    def mixing(self) -> sp.csr_matrix:
+        return (self.weights + sp.diags(self.self_weight)).tocsr()
+
+    def describe(self) -> dict:
+        """Degree and spectral-gap figures of this round's graph (computed once)."""
+        if not self.stats:
+            out = self.out_degree()
+            self.stats.update(topology=self.label, degree_mean=float(out.mean()), degree_min=int(out.min()),
+                              degree_max=int(out.max()), spectral_gap=mixing.spectral_gap(self.mixing()))
+        return self.stats
+
+
+def round_seed(seed: int, rnd: int, stream: int = _GRAPH_STREAM) -> int:
+    """The seed of round ``rnd``'s random graph: independent of every other round's."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream, rnd]).generate_state(1)[0])
+
+
+def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
+    """Epidemic Learning's round graph: node j pushes to ``peers`` distinct others drawn
+    from its own stream (seed, j, round); receiver i averages itself and its k_i arrivals
+    with weight 1 / (k_i + 1) each."""
+    senders = np.repeat(np.arange(n), peers)
+    receivers = np.empty(n * peers, dtype=np.int64)
+    for j in range(n):
+        picks = np.random.default_rng([seed, _PEER_STREAM, j, rnd]).choice(n - 1, peers, replace=False)
+        receivers[j * peers:(j + 1) * peers] = picks + (picks >= j)  # skip j itself
+    share = 1.0 / (np.bincount(receivers, minlength=n) + 1.0)
+    return RoundGraph.from_links(n, receivers, senders, share[receivers], share, f"epidemic(s={peers})")
+
+
+class TopologySchedule:
+    """The communication graph of every round, as the ``[topology]`` config describes it."""
+
+    def __init__(self, cfg, base: nx.Graph | None = None):
+        self.cfg = cfg                      # ExperimentConfig
+        self.n = cfg.nodes
+        self.phases = sorted([(1, cfg.topology), *((p.from_round, p) for p in cfg.topology.schedule)],
+                             key=lambda item: item[0])
+        self._static: dict[int, RoundGraph] = {}    # phase index -> its fixed graph
+        self._base = base
+        self._last: tuple[int, RoundGraph] | None = None
+
+    def phase(self, rnd: int):
+        """(index, settings) of the phase round ``rnd`` belongs to."""
+        index = 0
+        for k, (start, _) in enumerate(self.phases):
+            if rnd >= start:
+                index = k
+        return index, self.phases[index][1]
+
+    @property
+    def static(self) -> bool:
+        """True when every round uses the same graph."""
+        return len(self.phases) == 1 and not self._changes(self.phases[0][1]) and not self.cfg.topology.final_average
+
+    @staticmethod
+    def _changes(phase) -> bool:
+        return bool(phase.dynamic) or phase.kind == "epidemic"
+
+    def graph(self, rnd: int) -> RoundGraph:
+        """The graph of round ``rnd`` (rounds count from 1; round 0 gets round 1's)."""
+        rnd = max(rnd, 1)
+        if self._last is not None and self._last[0] == rnd:
+            return self._last[1]
+        graph = self._build(rnd)
+        self._last = (rnd, graph)
+        return graph
+
+    def _build(self, rnd: int) -> RoundGraph:
+        if self.cfg.topology.final_average and rnd == self.cfg.rounds:
+            n = self.n
+            return RoundGraph.from_mixing(np.full((n, n), 1.0 / n), "global average")
+        index, phase = self.phase(rnd)
+        if phase.kind == "epidemic":
+            return epidemic(self.n, phase.peers, self.cfg.seed, rnd)
+        if phase.dynamic:
+            G = generators.build(phase.kind, self.n, seed=round_seed(self.cfg.seed, rnd), **phase.generator_params())
+            return RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), f"dynamic {phase.kind}")
+        if index not in self._static:
+            G = self._base if index == 0 and self._base is not None else self.static_graph(phase)
+            self._static[index] = RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), phase.kind)
+        return self._static[index]
+
+    def static_graph(self, phase) -> nx.Graph:
+        """A fixed phase's graph (from the experiment seed, or its file)."""
+        from meshlearn.topology.io import read_graph
+
+        if phase.kind == "file":
+            return read_graph(phase.path)
+        return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.generator_params())
