@@ -26,7 +26,7 @@ def run_sim(cfg):
 
 def edges(cfg) -> list[tuple[int, int]]:
     """Directed links (src, dst) of the config's communication graph."""
-    _, off = Experiment.build(cfg).gossip_weights()
+    off = Experiment.build(cfg).topology.graph(1).weights
     coo = off.tocoo()
     return sorted(zip(coo.col.tolist(), coo.row.tolist()))
 
@@ -44,7 +44,7 @@ def test_link_model_classes_and_file(tmp_path):
                                                              "loss": 0.5}},
                       "file": str(csv)}
     cfg = parse_config(raw)
-    _, off = Experiment.build(cfg).gossip_weights()
+    off = Experiment.build(cfg).topology.graph(1).weights
     model = LinkModel(cfg.network, off, cfg.seed)
     assert model.enabled
     for src, dst in links:
@@ -83,7 +83,7 @@ def test_link_file_rejects_non_edges_and_bad_headers(tmp_path):
         raw = base.model_dump(mode="json")
         raw["network"] = {"file": str(path)}
         cfg = parse_config(raw)
-        _, off = Experiment.build(cfg).gossip_weights()
+        off = Experiment.build(cfg).topology.graph(1).weights
         with pytest.raises(ValueError, match=error):
             LinkModel(cfg.network, off, cfg.seed)
 

@@ -359,7 +359,7 @@ def test_worker_rejects_bad_messages_and_still_matches_sim(lone_worker, caplog):
         "receiver not hosted": (_frames(src, n + 5, tensors=params), "not a node of this worker"),
         "no receiver": (_frames(src, None, tensors=params), "not a node of this worker"),
         "receiver not an int": (_frames(src, "0", tensors=params), "not a node of this worker"),
-        "sender not a neighbour": (_frames(stranger, dst, tensors=params), "not a neighbour"),
+        "sender not a neighbour": (_frames(stranger, dst, tensors=params), "does not send to node"),
         "unknown kind": (_frames(src, dst, tensors=params, kind="hello"), "unexpected message kind"),
         # well-formed messages from a real neighbour whose tensors are not what this run sends
         "wrong shape": (_frames(src, dst, tensors={"params": torch.zeros(4)}), "not this run's payload"),

@@ -204,7 +204,7 @@ def test_choco_public_copies_stay_consistent():
     public = engine.nodes.state["choco_public"]
     assert public.abs().max() > 0.01
     assert torch.equal(copies, public)  # bit for bit
-    neighbours = torch.from_numpy(engine.offdiag.toarray()) @ public
+    neighbours = torch.from_numpy(engine.graph(1).weights.toarray()).float() @ public
     torch.testing.assert_close(engine.nodes.state["choco_neighbours"], neighbours, atol=1e-5, rtol=1e-5)
 
 

@@ -193,6 +193,39 @@ class ComputeConfig(_Section):
         return self
 
 
+class DPConfig(_Section):
+    """Node-level differential privacy of local training (DP-SGD), ``[privacy.dp]``.
+
+    Each local step clips every sample's gradient to ``clip_norm`` and adds Gaussian noise of
+    std ``noise_multiplier × clip_norm``, so no single sample can move a node's model much;
+    an accountant per node reports the (ε, δ) spent so far. The noise is either fixed
+    (``noise_multiplier``) or solved per node so that it spends ``target_epsilon`` by the
+    last round (nodes with more data need less noise for the same ε).
+    """
+
+    clip_norm: float = Field(1.0, gt=0, description="C: largest L2 norm of one sample's gradient")
+    noise_multiplier: float | None = Field(None, ge=0, description="σ: noise std in units of clip_norm "
+                                           "(0: clipping only, ε = ∞)")
+    target_epsilon: float | None = Field(None, gt=0, description="ε each node reaches after all rounds "
+                                         "(σ solved per node from its sample rate and local steps)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the reported (ε, δ); keep it below 1 / samples")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant: rdp (Rényi DP, fast) or "
+                                              "prv (numerical composition: tighter ε, slower)")
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> "DPConfig":
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("set exactly one of privacy.dp.noise_multiplier (σ, a fixed noise level) and "
+                             "privacy.dp.target_epsilon (σ solved per node to end the run at that ε)")
+        return self
+
+
+class PrivacyConfig(_Section):
+    """Privacy mechanisms, each off unless its section is present."""
+
+    dp: DPConfig | None = Field(None, description="differentially private local training (DP-SGD)")
+
+
 def _scheme_options(section: BaseModel, where: str, defaults: dict[str, dict[str, Any]], name: str) -> None:
     """Refuse options of another scheme and fill in this scheme's defaults, so that the resolved
     config lists exactly the options in effect (and reloads to the same config)."""
@@ -377,6 +410,7 @@ class ExperimentConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -395,6 +429,10 @@ class ExperimentConfig(_Section):
                                  "set topology.kind = 'star' with no schedule")
             if self.nodes < 2:
                 raise ValueError(f"algorithm.name = {algo!r} needs nodes >= 2 (a server and a client)")
+            allowed = ("full", "quantize") if algo == "fedavg" else ("full",)
+            if self.sharing.name not in allowed:
+                raise ValueError(f"algorithm.name = {algo!r} sends whole models (or updates) to and from the "
+                                 f"server: use sharing.name = {' or '.join(map(repr, allowed))}")
         if algo in ASYNC_ALGORITHMS:
             if self.engine.name != "sim":
                 raise ValueError(f"algorithm.name = {algo!r} is asynchronous and runs on engine.name = 'sim' "
@@ -411,6 +449,11 @@ class ExperimentConfig(_Section):
             raise ValueError("sharing.name = 'choco' needs every message to arrive (sender and receivers keep "
                              "copies of each other's public models); set network.loss = 0 and no lossy "
                              "classes, or use another sharing scheme")
+        if self.sharing.name == "choco" and (topo.schedule or topo.dynamic or topo.final_average
+                                             or topo.kind == "epidemic"):
+            raise ValueError("sharing.name = 'choco' keeps a running sum of its fixed neighbours' public "
+                             "copies, so it needs a static topology: remove topology.dynamic, schedule, "
+                             "final_average and kind = 'epidemic', or use another sharing scheme")
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from meshlearn import metrics
+from meshlearn.config import SERVER_ALGORITHMS
 
 __all__ = ["Evaluator", "RoundReport", "round_record"]
 
@@ -33,6 +34,10 @@ class Evaluator:
         test_rng = np.random.default_rng([seed, 0xE7A1, 1])
         self.node_ids = (np.sort(node_rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
                          else np.arange(n))
+        # in federated learning the model is the server's: clients hold stale local copies
+        self.server_only = experiment.config.algorithm.name in SERVER_ALGORITHMS
+        if self.server_only:
+            self.node_ids = np.array([0])
         m = len(ds.y_test)
         test_idx = np.sort(test_rng.choice(m, cfg.test_samples, replace=False)) if 0 < cfg.test_samples < m else None
         self.x = torch.from_numpy(ds.x_test if test_idx is None else ds.x_test[test_idx])
@@ -61,7 +66,7 @@ class Evaluator:
 
     def average(self, evaluation: "Evaluation", mean: torch.Tensor) -> None:
         """Add the averaged model's accuracy and loss, when configured."""
-        if self.cfg.average_model:
+        if self.cfg.average_model and not self.server_only:
             acc, loss = self.models(mean.reshape(1, -1).float())
             evaluation.avg_model_acc, evaluation.avg_model_loss = float(acc[0]), float(loss[0])
 
@@ -77,6 +82,7 @@ class Evaluation:
     consensus_distance: float | None = None
     avg_model_acc: float | None = None
     avg_model_loss: float | None = None
+    topology: dict | None = None     # the round graph's label, degrees and spectral gap
 
 
 @dataclass
@@ -112,6 +118,10 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
     }
     for name, values in report.node_metrics.items():
         record[f"{name}_per_node"] = float(np.mean(values)) if len(values) else None
+    if "epsilon" in report.node_metrics:   # DP: nodes that hold no data (a server) report NaN
+        spent = report.node_metrics["epsilon"][~np.isnan(report.node_metrics["epsilon"])]
+        record["epsilon_per_node"] = float(spent.mean()) if len(spent) else None
+        record["epsilon_max"] = float(spent.max()) if len(spent) else None
     if "bytes_uncompressed" in report.node_metrics and report.bytes_sent.sum():
         record["compression_ratio"] = float(report.node_metrics["bytes_uncompressed"].sum() / report.bytes_sent.sum())
     rows: list[dict[str, Any]] = []
@@ -121,6 +131,8 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
                       eval_samples=ev.samples)
         if ev.avg_model_acc is not None:
             record.update(avg_model_acc=ev.avg_model_acc, avg_model_loss=ev.avg_model_loss)
+        if ev.topology:
+            record.update(ev.topology)
         position = {int(node): i for i, node in enumerate(report.nodes)}
         for node, acc, loss in zip(ev.nodes, ev.acc, ev.loss):
             i = position.get(int(node))
@@ -133,6 +145,8 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
 
 
 def _describe(values: np.ndarray, prefix: str) -> dict[str, float | None]:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]     # nodes that did not train this round report NaN
     if len(values) == 0:
         return {f"{prefix}_{stat}": None for stat in ("mean", "min", "max", "std")}
     return metrics.describe(torch.as_tensor(np.asarray(values, dtype=np.float64)), prefix)

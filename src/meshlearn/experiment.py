@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from meshlearn import algorithms, data, models, sharing, topology
-from meshlearn.config import ConfigError, ExperimentConfig
+from meshlearn.config import SERVER_ALGORITHMS, ConfigError, ExperimentConfig
 from meshlearn.nodes import ParamLayout
+from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.training import LocalTrainer, default_batching, node_rng
 
 __all__ = ["Experiment"]
@@ -30,8 +31,9 @@ class Experiment:
     config: ExperimentConfig
     dataset: data.Dataset
     parts: list[np.ndarray]           # training-sample indices of each node
-    graph: nx.Graph
-    mixing: sp.csr_matrix             # N×N mixing matrix W (float64)
+    graph: nx.Graph                   # round 1's graph (undirected view)
+    mixing: sp.csr_matrix             # round 1's N×N mixing matrix W (float64)
+    topology: TopologySchedule        # the graph of every round
     model: nn.Module                  # template: structure and the shared initial weights
     layout: ParamLayout
     batching: str
@@ -44,33 +46,28 @@ class Experiment:
             if len(dataset.y_test) == 0:
                 raise ValueError(f"data.dataset = {cfg.data.dataset!r} has no test samples; "
                                  "raise data.options.limit_test")
-            parts = data.partition(dataset.y_train, cfg.nodes, cfg.data.partition, cfg.seed,
+            server = cfg.algorithm.name in SERVER_ALGORITHMS   # node 0 serves and holds no data
+            parts = data.partition(dataset.y_train, cfg.nodes - server, cfg.data.partition, cfg.seed,
                                    alpha=cfg.data.alpha, shards_per_node=cfg.data.shards_per_node,
                                    users=dataset.users_train, min_samples=cfg.data.min_samples)
-            graph = _build_graph(cfg)
-            mixing = topology.mixing_matrix(graph, cfg.topology.weights)
+            if server:
+                parts = [np.zeros(0, dtype=np.int64), *parts]
+            schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg))
+            first = schedule.graph(1)
+            graph = nx.from_scipy_sparse_array(first.weights + first.weights.T)
+            graph.remove_edges_from(nx.selfloop_edges(graph))
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)
         batching, chunk = default_batching(cfg.model.name)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
-        return cls(cfg, dataset, parts, graph, mixing, model, layout, batching,
+        return cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
                    cfg.engine.chunk_size or chunk)
 
     @property
     def num_nodes(self) -> int:
         return self.config.nodes
-
-    def gossip_weights(self) -> tuple[np.ndarray, sp.csr_matrix]:
-        """The mixing matrix split into self weights w_ii (N,) and the neighbours' weights
-        (CSR, sorted columns, float64): row i holds w_ij for the j that i hears from."""
-        mixing = self.mixing.tocsr()
-        self_weight = mixing.diagonal().copy()
-        off = (mixing - sp.diags(self_weight)).tocsr()
-        off.eliminate_zeros()
-        off.sort_indices()
-        return self_weight, off
 
     def initial_params(self, node_ids: list[int]) -> torch.Tensor:
         """(B, P) starting models: one shared initialization, or one per node seeded by its id."""
@@ -90,16 +87,17 @@ class Experiment:
             copy.deepcopy(self.model), self.layout, cfg.training,
             torch.from_numpy(self.dataset.x_train), torch.from_numpy(self.dataset.y_train),
             {node: self.parts[node] for node in node_ids}, cfg.seed,
-            batching=self.batching, chunk_size=self.chunk_size,
+            batching=self.batching, chunk_size=self.chunk_size, dp=cfg.privacy.dp, rounds=cfg.rounds,
         )
 
     def make_algorithm(self) -> algorithms.Algorithm:
         cfg = self.config
         scheme = sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
-        return algorithms.build(cfg.algorithm.name, scheme)
+        return algorithms.build(cfg.algorithm.name, scheme, **cfg.algorithm.options())
 
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
+    """The first phase's fixed graph (a dynamic topology's round graphs are drawn per round)."""
     topo = cfg.topology
     if topo.kind == "file":
         graph = topology.read_graph(topo.path)
@@ -108,7 +106,7 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
                              f"nodes = {cfg.nodes}; make them agree")
     else:
         graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.generator_params())
-    if cfg.nodes > 1 and not topology.is_connected(graph):
+    if cfg.nodes > 1 and not topo.dynamic and not topology.is_connected(graph):
         raise ValueError("the topology is not connected, so models can never reach consensus; "
                          "raise topology.degree / topology.p or fix the topology file")
     return graph

@@ -42,6 +42,8 @@ __all__ = [
     "load_runs",
     "plot_runs",
     "resolve_x_axis",
+    "DEFAULT_X_AXES",
+    "default_x_axes",
 ]
 
 #: Short names accepted for x-axes (``time`` is resolved per set of runs).
@@ -55,13 +57,19 @@ X_AXIS_ALIASES: dict[str, str] = {
     "wall_time_s": "wall_time_s",
     "sim": "sim_time_s",
     "sim_time_s": "sim_time_s",
+    "epsilon": "epsilon_per_node",
+    "epsilon_per_node": "epsilon_per_node",
 }
+
+#: Panels drawn when no x-axes are given (plus ``epsilon`` for runs with DP).
+DEFAULT_X_AXES: tuple[str, ...] = ("round", "bytes_sent_per_node", "time")
 
 _AXIS_LABELS: dict[str, str] = {
     "round": "round",
     "bytes_sent_per_node": "cumulative bytes sent per node [MB]",
     "wall_time_s": "wall-clock time [s]",
     "sim_time_s": "simulated time [s]",
+    "epsilon_per_node": "privacy spent ε (mean over nodes)",
 }
 
 
@@ -165,6 +173,13 @@ def band_keys(metric: str, runs: Sequence[Run]) -> tuple[str, str] | None:
     return None
 
 
+def default_x_axes(runs: Sequence[Run]) -> list[str]:
+    """``DEFAULT_X_AXES``, plus ``epsilon`` when a run records the privacy it spent
+    (differential privacy), so accuracy is also shown against ε."""
+    extra = ["epsilon"] if "epsilon_per_node" in available_metrics(runs) else []
+    return [*DEFAULT_X_AXES, *extra]
+
+
 def resolve_x_axis(name: str, runs: Sequence[Run]) -> str:
     """Map an x-axis name or alias to a round key.
 
@@ -216,17 +231,19 @@ def _legend_label(run: Run) -> str:
 def build_figure(
     runs: Sequence[Run],
     metric: str = "test_acc_mean",
-    x_axes: Sequence[str] = ("round", "bytes_sent_per_node", "time"),
+    x_axes: Sequence[str] | None = None,
 ) -> Figure:
     """Draw ``metric`` against each x-axis, one panel per axis, one line per run.
 
     Kept separate from saving so callers (and tests) can inspect or restyle
-    the figure.  Raises ``ValueError`` for an empty run list, an unknown
-    metric or x-axis.
+    the figure.  ``x_axes`` defaults to ``default_x_axes(runs)``.  Raises
+    ``ValueError`` for an empty run list, an unknown metric or x-axis.
     """
     runs = disambiguate_labels(list(runs))
     if not runs:
         raise ValueError("no runs to plot")
+    if x_axes is None:
+        x_axes = default_x_axes(runs)
     if not x_axes:
         raise ValueError("no x-axes to plot against")
     metrics = available_metrics(runs)
@@ -307,7 +324,7 @@ def plot_runs(
     runs: Sequence[Run],
     out_path: str | Path,
     metric: str = "test_acc_mean",
-    x_axes: Sequence[str] = ("round", "bytes_sent_per_node", "time"),
+    x_axes: Sequence[str] | None = None,
 ) -> Path:
     """Render ``build_figure`` to ``out_path`` (format from the extension, dpi 120).
 

@@ -8,6 +8,10 @@ ones, such as convolutions and LSTMs). The optimizers are torch's SGD/Adam updat
 written on (B, P) rows so that every node's update is exactly what ``torch.optim`` would do to a standalone copy.
 Nodes are processed chunk by chunk, all local steps of a chunk at once, so a chunk's
 weights stay in cache across its steps.
+
+With ``privacy.dp`` set, each step instead computes per-sample gradients (``vmap`` of
+``grad`` over the samples, nested in the ``vmap`` over nodes or per node in the loop) and
+``meshlearn.dp`` clips and noises them (DP-SGD) before the same optimizer update.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
-from meshlearn.config import TrainingConfig
+from meshlearn.config import DPConfig, TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
 
 __all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "local_steps", "node_rng"]
@@ -30,6 +34,8 @@ __all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "loc
 # node by node, so those models train in a loop over nodes.
 _LOOP_MODELS = {"char_lstm", "lenet", "femnist_cnn"}
 _CHUNK_SIZES = {"logreg": 32, "mlp": 64}
+# With DP, a chunk's per-sample gradients (chunk × batch_size × P floats) stay under this.
+_PER_SAMPLE_GRAD_BYTES = 1 << 28
 
 
 def default_batching(model_name: str) -> tuple[str, int]:
@@ -150,7 +156,8 @@ class LocalTrainer:
 
     def __init__(self, model: nn.Module, layout: ParamLayout, cfg: TrainingConfig,
                  x_train: torch.Tensor, y_train: torch.Tensor, parts: dict[int, np.ndarray],
-                 seed: int, batching: str = "vmap", chunk_size: int = 16):
+                 seed: int, batching: str = "vmap", chunk_size: int = 16,
+                 dp: DPConfig | None = None, rounds: int = 1):
         self.model = model.to("meta")  # structure only: weights come from the stacked rows
         self.layout = layout
         self.cfg = cfg
@@ -158,19 +165,61 @@ class LocalTrainer:
         self.batching = batching
         self.chunk_size = max(1, chunk_size)
         self.optimizer = Optimizer(cfg, layout)
+        parts = {node: idx for node, idx in parts.items() if len(idx)}  # a server holds no data
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
                          for node, idx in parts.items()}
         self._steps = {node: local_steps(cfg, len(idx)) for node, idx in parts.items()}
+        self.privacy = None   # DP-SGD noise and accountants (meshlearn.dp.NodePrivacy) with privacy.dp
+        if dp is not None:
+            from meshlearn.dp import NodePrivacy   # imports Opacus (seconds): only for DP runs
+
+            self.privacy = NodePrivacy(dp, layout, seed, cfg.batch_size,
+                                       {node: len(idx) for node, idx in parts.items()},
+                                       {node: rounds * steps for node, steps in self._steps.items()})
+            per_node_bytes = 4 * cfg.batch_size * layout.size
+            self.chunk_size = max(1, min(self.chunk_size, _PER_SAMPLE_GRAD_BYTES // per_node_bytes))
         self._batched_forward = vmap(self._forward)
+        self._sample_grads = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))  # (batch, *shape)
+        self._batched_sample_grads = vmap(self._sample_grads)                             # (c, batch, *shape)
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
 
+    def _sample_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of one sample (DP needs each sample's own gradient)."""
+        return F.cross_entropy(self._forward(params, x.unsqueeze(0)), y.unsqueeze(0))
+
+    @property
+    def dp_sigma(self) -> dict[int, float]:
+        """Each node's DP noise multiplier σ (given, or solved from privacy.dp.target_epsilon);
+        empty without DP."""
+        return {} if self.privacy is None else dict(self.privacy.sigma)
+
+    def epsilon(self, ids) -> np.ndarray:
+        """ε each of the nodes ``ids`` has spent so far at privacy.dp.delta (float64); NaN for
+        nodes without DP (DP off, or a node that holds no data)."""
+        if self.privacy is None:
+            return np.full(len(ids), np.nan)
+        return self.privacy.epsilon(ids)
+
     def init_state(self, nodes: NodeBatch) -> None:
         self.optimizer.init_state(nodes)
 
-    def train(self, nodes: NodeBatch) -> torch.Tensor:
-        """One round of local training; returns each node's mean training loss."""
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+        """One round of local training of the ``active`` nodes (default: all that hold data);
+        returns each node's mean training loss, NaN for nodes that did not train."""
+        has_data = torch.tensor([node in self.samplers for node in nodes.ids.tolist()], dtype=torch.bool)
+        active = has_data if active is None else active & has_data
+        if not bool(active.all()):
+            rows = torch.nonzero(active).flatten()
+            losses = torch.full((len(nodes),), float("nan"))
+            if len(rows):
+                sub = NodeBatch(nodes.ids[rows], nodes.params[rows], {k: v[rows] for k, v in nodes.state.items()})
+                losses[rows] = self.train(sub)
+                nodes.params[rows] = sub.params
+                for key, value in sub.state.items():
+                    nodes.state[key][rows] = value
+            return losses
         losses = torch.zeros(len(nodes))
         ids = nodes.ids.tolist()
         for start in range(0, len(ids), self.chunk_size):
@@ -191,18 +240,22 @@ class LocalTrainer:
         for step in range(total):
             active = steps_t > step
             if self.batching == "vmap":
-                loss = self._vmap_step(params, state, xs[step], ys[step], active)
+                loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step])
             else:
                 loss = torch.zeros(len(ids))
                 for i in torch.nonzero(active).flatten().tolist():  # nodes done with their epochs rest
                     loss[i] = self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
-                                              xs[step, i], ys[step, i])
+                                              xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1])
             loss_sum += torch.where(active, loss, 0.0)
         return loss_sum / steps_t
 
-    def _vmap_step(self, params, state, x, y, active) -> torch.Tensor:
+    def _vmap_step(self, params, state, x, y, active, ids, index) -> torch.Tensor:
         """One step of every node in the chunk: batched forward, one backward of the summed
-        per-node losses (node i's gradient is that of its own loss)."""
+        per-node losses (node i's gradient is that of its own loss); with DP, per-sample
+        gradients of every node at once."""
+        if self.privacy is not None:
+            grads, losses = self._batched_sample_grads(self.layout.views(params), x, y)
+            return self._private_step(params, state, grads, losses, ids, index, active)
         leaves = {k: v.detach().requires_grad_() for k, v in self.layout.views(params).items()}
         logits = self._batched_forward(leaves, x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
@@ -210,13 +263,25 @@ class LocalTrainer:
         self.optimizer.step(params, list(grads), state, active)
         return loss.detach()
 
-    def _node_step(self, row, state, x, y) -> torch.Tensor:
-        """One step of one node (a (1, P) row): plain autograd on its own forward pass."""
+    def _node_step(self, row, state, x, y, ids, index) -> torch.Tensor:
+        """One step of one node (a (1, P) row): plain autograd on its own forward pass; with
+        DP, its per-sample gradients."""
+        if self.privacy is not None:
+            grads, losses = self._sample_grads({k: v[0] for k, v in self.layout.views(row).items()}, x, y)
+            return self._private_step(row, state, {k: g.unsqueeze(0) for k, g in grads.items()},
+                                      losses.unsqueeze(0), ids, index)[0]
         leaves = {k: v[0].detach().requires_grad_() for k, v in self.layout.views(row).items()}
         loss = F.cross_entropy(self._forward(leaves, x), y)
         grads = torch.autograd.grad(loss, list(leaves.values()))
         self.optimizer.step(row, [g.unsqueeze(0) for g in grads], state)
         return loss.detach()
+
+    def _private_step(self, params, state, sample_grads, sample_losses, ids, index, active=None) -> torch.Tensor:
+        """A DP-SGD step of the rows ``params`` (c, P) from their per-sample gradients and
+        losses (c, batch, ...): clipped, summed and noised per node, then the optimizer's update."""
+        grads = self.privacy.gradients(list(sample_grads.values()), ids, index, active)
+        self.optimizer.step(params, grads, state, active)
+        return sample_losses.mean(1)
 
 
 def _pad_steps(batches: np.ndarray, total: int) -> np.ndarray:

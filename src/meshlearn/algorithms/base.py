@@ -1,9 +1,11 @@
 """The algorithm interface: one round of a node's life, independent of the engine.
 
 An algorithm talks to its engine only through ``RoundContext``: ``train`` runs local
-steps, ``exchange`` delivers payloads to the neighbours and returns an ``Inbox``. The
-vectorized simulator and the networked engines implement the context; algorithms are
-written once.
+steps, ``exchange`` delivers payloads along a round's graph and returns an ``Inbox``, and
+``graph`` says who talks to whom in a round (the topology schedule's choice). An algorithm
+may also exchange along graphs of its own (a server and its sampled clients), several
+times a round. The vectorized simulator and the networked engines implement the context;
+algorithms are written once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, Payload, Sharing
+from meshlearn.topology.schedule import RoundGraph
 
 __all__ = ["RoundContext", "Algorithm"]
 
@@ -22,11 +25,22 @@ __all__ = ["RoundContext", "Algorithm"]
 class RoundContext(Protocol):
     """What an engine offers an algorithm during one round."""
 
-    def train(self, nodes: NodeBatch) -> torch.Tensor:
-        """Run the configured local training; returns the per-node mean training loss."""
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the configured local training of the ``active`` nodes (default all); returns
+        the per-node mean training loss (NaN for nodes that did not train)."""
 
-    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
-        """Send each node's payload to its neighbours and collect theirs."""
+    def graph(self, rnd: int) -> RoundGraph:
+        """The communication graph of round ``rnd``."""
+
+    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
+                 per_link: bool = False) -> Inbox:
+        """Send each node's payload along ``graph`` (default: the round's graph) and collect
+        what its senders sent. Exchanges of one round are matched by their order.
+
+        With ``per_link`` the payload holds one row per outgoing link (local nodes in order,
+        each followed by its receivers in increasing id: a different message per receiver)
+        and the inbox is a ``LinkInbox``.
+        """
 
 
 class Algorithm(ABC):
@@ -34,10 +48,13 @@ class Algorithm(ABC):
 
     name: str = ""
 
-    def __init__(self, sharing: Sharing):
+    def __init__(self, sharing: Sharing, **options):
         self.sharing = sharing
+        if options:
+            raise ValueError(f"algorithm {self.name!r} takes no options, got {sorted(options)}")
 
-    def setup(self, nodes: NodeBatch) -> None:
+    def setup(self, nodes: NodeBatch, experiment) -> None:
+        """Create per-node state; ``experiment`` tells the data sizes and the graph."""
         self.sharing.setup(nodes)
 
     @abstractmethod

@@ -15,6 +15,5 @@ class DPSGD(Algorithm):
 
     def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
         loss = ctx.train(nodes)
-        inbox = ctx.exchange(nodes, self.sharing.encode(nodes, rnd), rnd)
-        self.sharing.aggregate(nodes, inbox)
+        self.sharing.share(nodes, rnd, ctx)
         return loss

@@ -23,6 +23,7 @@ EPILOG = """\
 examples:
   meshlearn plot runs/quickstart -o acc.png
   meshlearn plot runs/a runs/b -o loss.pdf --metric test_loss_mean --x round,bytes
+  meshlearn plot runs/dp -o privacy.png --metric epsilon_per_node --x round
 """
 
 DEFAULT_X = "round,bytes,time"
@@ -59,12 +60,14 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--x",
-        default=DEFAULT_X,
+        default=None,
         metavar="AXES",
-        help="comma-separated x-axes, one panel each (default: %(default)s). "
+        help=f"comma-separated x-axes, one panel each (default: {DEFAULT_X}, plus "
+        "epsilon for runs with differential privacy). "
         "round = evaluation round; bytes = cumulative bytes sent per node (MB); "
         "time = simulated time if every run records sim_time_s, else wall-clock "
-        "seconds (wall / sim force one); any other numeric key also works",
+        "seconds (wall / sim force one); epsilon = privacy spent per node (mean ε); "
+        "any other numeric key also works",
     )
     parser.set_defaults(func=run_plot)
 
@@ -79,8 +82,8 @@ def run_plot(args: argparse.Namespace) -> int:
     # Imported here so `meshlearn --help` does not pay for matplotlib.
     from meshlearn.plotting import load_runs, plot_runs
 
-    x_axes = [part.strip() for part in str(args.x).split(",") if part.strip()]
-    if not x_axes:
+    x_axes = None if args.x is None else [part.strip() for part in args.x.split(",") if part.strip()]
+    if x_axes == []:
         return _error("--x needs at least one axis (e.g. round,bytes,time)")
     try:
         runs = load_runs(args.run_dirs)

@@ -104,6 +104,9 @@ def summary_table(summary: dict) -> Table:
         ("time per round", f"{summary['time_per_round_s'] * 1e3:.0f} ms" if summary.get("time_per_round_s") else "—"),
         ("peak memory (RSS)", f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB"),
     ]
+    if "epsilon_per_node" in final:   # differential privacy: the budget spent (null: ε = ∞)
+        rows.append(("privacy spent ε mean / max", f"{_fmt(final['epsilon_per_node'], '.3g')} / "
+                                                   f"{_fmt(final.get('epsilon_max'), '.3g')}"))
     for key, value in rows:
         table.add_row(key, value)
     return table

@@ -8,6 +8,8 @@ Every engine offers the same small interface to the runner: ``start()``, then
 
 from __future__ import annotations
 
+from meshlearn.config import ASYNC_ALGORITHMS
+from meshlearn.engines.asynchronous import AsyncSimEngine
 from meshlearn.engines.sim import SimEngine
 
 ENGINES = ("sim", "processes", "ray")
@@ -18,6 +20,8 @@ def build_engine(name: str, experiment, run_id: str, **options):
     if name == "sim":
         if options:
             raise ValueError(f"engine 'sim' takes no options, got {sorted(options)}")
+        if experiment.config.algorithm.name in ASYNC_ALGORITHMS:  # an event-driven clock, no rounds
+            return AsyncSimEngine(experiment, run_id)
         return SimEngine(experiment, run_id)
     if name in ("processes", "ray"):
         from meshlearn.engines.processes import ProcessesEngine
@@ -26,4 +30,4 @@ def build_engine(name: str, experiment, run_id: str, **options):
     raise ValueError(f"engine.name = {name!r} is unknown; use one of {list(ENGINES)}")
 
 
-__all__ = ["SimEngine", "ENGINES", "build_engine"]
+__all__ = ["SimEngine", "AsyncSimEngine", "ENGINES", "build_engine"]

@@ -10,6 +10,7 @@ CSR order, so the simulator and every networked worker lose exactly the same mes
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ _LOSS_STREAM = 0x1055
 class LinkModel:
     """Latency (s), rate (bytes/s) and loss probability of every link of a graph."""
 
-    def __init__(self, cfg: NetworkConfig, adjacency: sp.csr_matrix, seed: int):
+    def __init__(self, cfg: NetworkConfig, adjacency: sp.csr_matrix, seed: int, strict: bool = True):
+        """``strict``: a file row for a pair that is not an edge is an error (set it False for
+        graphs that change every round, where such a row applies whenever the edge exists)."""
         adjacency = adjacency.tocsr()
         adjacency.sort_indices()
         self.indptr, self.indices = adjacency.indptr, adjacency.indices
@@ -44,6 +47,8 @@ class LinkModel:
         if cfg.file:
             for src, dst, link in _read_links(cfg.file):
                 pos = self.position(dst, src)
+                if pos is None and not strict:
+                    continue
                 if pos is None:
                     raise ValueError(f"network.file = {cfg.file!r}: link {src} -> {dst} is not an edge of the "
                                      "topology; list only existing edges")
@@ -65,11 +70,13 @@ class LinkModel:
         """Seconds from sending to arrival for messages of ``nbytes`` on the given links."""
         return self.latency_s[positions] + np.asarray(nbytes, dtype=np.float64) / self.rate[positions]
 
-    def lost(self, rnd: int) -> np.ndarray:
-        """Which links lose their round-``rnd`` message (bool per link, CSR order)."""
+    def lost(self, rnd: int, step: int = 0) -> np.ndarray:
+        """Which links lose their message of exchange ``step`` of round ``rnd`` (bool per
+        link, CSR order)."""
         if not self.loss.any():
             return np.zeros(len(self.indices), dtype=bool)
-        return np.random.default_rng([self.seed, _LOSS_STREAM, rnd]).random(len(self.indices)) < self.loss
+        key = [self.seed, _LOSS_STREAM, rnd] + ([step] if step else [])
+        return np.random.default_rng(key).random(len(self.indices)) < self.loss
 
 
 def _apply_slowest(link: LinkConfig, where: np.ndarray, latency_ms, mbps, loss) -> None:
@@ -82,7 +89,14 @@ def _apply_slowest(link: LinkConfig, where: np.ndarray, latency_ms, mbps, loss) 
 
 
 def _read_links(path: str) -> list[tuple[int, int, LinkConfig]]:
-    """Rows ``src,dst,latency_ms,bandwidth_mbps,loss`` (empty cells keep the defaults)."""
+    """Rows ``src,dst,latency_ms,bandwidth_mbps,loss`` (empty cells keep the defaults),
+    parsed once per version of the file (graphs that change every round re-read it)."""
+    stat = Path(path).stat()
+    return _parse_links(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_links(path: str, mtime_ns: int, size: int) -> list[tuple[int, int, LinkConfig]]:
     rows = []
     with Path(path).open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -113,5 +127,7 @@ def renormalized(self_weight: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     kept = np.where(received, weights, 0.0)
     total = self_weight + np.bincount(rows, weights=kept, minlength=len(self_weight))
     complete = np.bincount(rows, weights=~received, minlength=len(self_weight)) == 0
-    scale = np.where(complete, 1.0, 1.0 / total)
-    return (self_weight * scale).astype(np.float32), (kept * scale[rows]).astype(np.float32)
+    alone = total <= 0     # nothing arrived and its own weight is 0 (a client missing the server)
+    scale = np.where(complete | alone, 1.0, 1.0 / np.where(alone, 1.0, total))
+    self_weight = np.where(alone, 1.0, self_weight * scale)
+    return self_weight.astype(np.float32), (kept * scale[rows]).astype(np.float32)

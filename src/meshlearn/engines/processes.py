@@ -82,6 +82,7 @@ class ProcessesEngine:
         self.ray_address = ray_address
         self.params: torch.Tensor | None = None   # final models (N, P), with keep_models
         self._extra_metrics = ("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()
+        self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine
     def start(self) -> None:
@@ -261,7 +262,8 @@ class ProcessesEngine:
         report = RoundReport(
             rnd, nodes, cat("train_loss", np.float64), cat("bytes_sent", np.int64), cat("header_bytes", np.int64),
             wall_time_s=max((m["wall_time_s"] for m in msgs), default=0.0),
-            node_metrics={name: cat(name, np.int64) for name in NODE_METRICS + self._extra_metrics})
+            node_metrics={**{name: cat(name, np.int64) for name in NODE_METRICS + self._extra_metrics},
+                          **{name: cat(name, np.float64) for name in self._float_metrics}})
         if msgs and "eval" in msgs[0]:
             evs = [m["eval"] for m in msgs]
             ev = Evaluation(np.concatenate([np.asarray(e["nodes"], dtype=np.int64) for e in evs]),
@@ -270,6 +272,7 @@ class ProcessesEngine:
                             evs[0]["samples"])
             order = np.argsort(ev.nodes)
             ev.nodes, ev.acc, ev.loss = ev.nodes[order], ev.acc[order], ev.loss[order]
+            ev.topology = self.experiment.topology.graph(rnd).describe()
             t0 = time.perf_counter()
             if self.whole_run and len(nodes):
                 total = sum(np.frombuffer(reports[k][1], dtype=np.float64) for k in reports)

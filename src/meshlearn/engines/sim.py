@@ -19,12 +19,13 @@ import torch
 
 from meshlearn import metrics, wire
 from meshlearn.engines.network import LinkModel, renormalized
-from meshlearn.evaluation import Evaluator, RoundReport
+from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing import Inbox, Payload
+from meshlearn.sharing import Inbox, LinkInbox, Payload
+from meshlearn.topology.schedule import RoundGraph, TopologySchedule
 
-__all__ = ["SimEngine", "SimInbox"]
+__all__ = ["SimEngine", "SimInbox", "GraphLinks", "LinkCache", "message_meta"]
 
 
 class SimInbox(Inbox):
@@ -44,6 +45,43 @@ class SimInbox(Inbox):
         return torch.from_numpy(np.ascontiguousarray(out)).reshape(dense.shape)
 
 
+class GraphLinks:
+    """What an engine needs about one round graph's links, built once per graph: the link
+    model of ``[network]``, the extra header bytes of each link's ids, float32 weights, and
+    the order that turns per-link payloads (sender-major) into CSR order (receiver-major)."""
+
+    def __init__(self, graph: RoundGraph, network, seed: int, strict: bool = True):
+        off = graph.weights
+        self.graph = graph
+        self.model = LinkModel(network, off, seed, strict=strict)
+        extra = wire.uint_nbytes(np.arange(graph.num_nodes)) - 1
+        self.id_bytes = extra[off.indices] + extra[graph.receivers]  # header bytes over node 0 → 0
+        self.weights32 = off.astype(np.float32)
+        self.self_weight32 = torch.from_numpy(graph.self_weight.astype(np.float32))
+        self.out_degree = graph.out_degree()
+        positions = sp.csr_matrix((np.arange(off.nnz), off.indices, off.indptr), shape=off.shape).T.tocsr()
+        positions.sort_indices()
+        self.csr_order = np.argsort(positions.data)  # out-link row of every CSR link
+
+
+class LinkCache:
+    """``GraphLinks`` of the graphs in use, kept while a graph is used again (static ones)."""
+
+    def __init__(self, experiment: Experiment, size: int = 8):
+        self.network, self.seed = experiment.config.network, experiment.config.seed
+        self.strict = experiment.topology.static
+        self.size = size
+        self._cache: dict[int, GraphLinks] = {}
+
+    def __call__(self, graph: RoundGraph) -> GraphLinks:
+        links = self._cache.get(id(graph))
+        if links is None or links.graph is not graph:
+            if len(self._cache) >= self.size:
+                self._cache.clear()
+            links = self._cache[id(graph)] = GraphLinks(graph, self.network, self.seed, self.strict)
+        return links
+
+
 class SimEngine:
     """Runs an ``Experiment`` with every node in this process (a ``RoundContext``)."""
 
@@ -58,24 +96,19 @@ class SimEngine:
         self.trainer = experiment.make_trainer(ids)
         self.trainer.init_state(self.nodes)
         self.algorithm = experiment.make_algorithm()
-        self.algorithm.setup(self.nodes)
+        self.algorithm.setup(self.nodes, experiment)
         self.evaluator = Evaluator(experiment)
-        self.self_weight64, off = experiment.gossip_weights()
-        self.offdiag64 = off
-        self.offdiag = off.astype(np.float32)
-        self.self_weight = torch.from_numpy(self.self_weight64.astype(np.float32))
-        self.degree = np.diff(self.offdiag.indptr)
-        self.links = LinkModel(experiment.config.network, off, experiment.config.seed)
-        extra = wire.uint_nbytes(np.arange(n)) - 1
-        self.link_id_bytes = extra[off.indices] + extra[self.links.receivers]  # header bytes over node 0 → 0
+        self.topology = experiment.topology
+        self.links = LinkCache(experiment)
         self.bytes_sent = np.zeros(n, dtype=np.int64)      # cumulative, per node
         self.header_bytes = np.zeros(n, dtype=np.int64)    # the header part of bytes_sent
         self.raw_bytes_sent = np.zeros(n, dtype=np.int64)  # bytes_sent without the lossless stage
         self.messages_lost = np.zeros(n, dtype=np.int64)   # incoming messages lost (emulated)
         self.message_bytes = 0                              # size of one of node 0's last messages
         self.train_time = self.eval_time = 0.0
-        self.sim_time = 0.0 if self.links.enabled else None
+        self.sim_time = 0.0 if experiment.config.network.enabled else None
         self._comm_time = 0.0
+        self._exchange = (0, 0)                             # (round, step) of the last exchange
         self.last_loss = torch.full((n,), float("nan"))
 
     # Engine
@@ -92,15 +125,9 @@ class SimEngine:
             self.train_time += elapsed
             if self.sim_time is not None:
                 self.sim_time += elapsed + self._comm_time
-        evaluation = None
-        if self.evaluator.due(rnd):
-            t0 = time.perf_counter()
-            params = self.nodes.params
-            evaluation = self.evaluator.local(self.nodes.ids, params)
-            evaluation.consensus_distance = metrics.consensus_distance(params)
-            self.evaluator.average(evaluation, params.mean(0))
-            self.eval_time += time.perf_counter() - t0
-        return RoundReport(rnd, np.arange(len(self.degree)), self.last_loss.numpy().copy(),
+        evaluation, seconds = evaluate_if_due(self.evaluator, self.nodes, self.topology, rnd)
+        self.eval_time += seconds
+        return RoundReport(rnd, np.arange(self.experiment.num_nodes), self.last_loss.numpy().copy(),
                            self.bytes_sent.copy(), self.header_bytes.copy(), self.train_time, self.sim_time,
                            evaluation, self.eval_time, self._node_metrics())
 
@@ -108,6 +135,8 @@ class SimEngine:
         out = {"messages_lost": self.messages_lost.copy()}
         if self.experiment.config.sharing.compression != "none":
             out["bytes_uncompressed"] = self.raw_bytes_sent.copy()
+        if self.experiment.config.privacy.dp is not None:
+            out["epsilon"] = self.trainer.epsilon(self.nodes.ids.tolist())
         return out
 
     def close(self) -> dict:
@@ -118,33 +147,51 @@ class SimEngine:
         return self.algorithm.round(self.nodes, rnd, self)
 
     # RoundContext
-    def train(self, nodes: NodeBatch) -> torch.Tensor:
-        return self.trainer.train(nodes)
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+        return self.trainer.train(nodes, active)
 
-    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
-        sizes = self._account(payload, rnd)
-        lost = self.links.lost(rnd)
-        if self.links.enabled:
+    def graph(self, rnd: int) -> RoundGraph:
+        return self.topology.graph(rnd)
+
+    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
+                 per_link: bool = False) -> Inbox | LinkInbox:
+        links = self.links(graph if graph is not None else self.graph(rnd))
+        step = self._exchange[1] + 1 if self._exchange[0] == rnd else 0   # exchanges match by order
+        self._exchange = (rnd, step)
+        if per_link:  # rows come sender-major; deliver them in the receivers' (CSR) order
+            payload = {name: t[links.csr_order] for name, t in payload.items()}
+        sizes = self._account(payload, rnd, links, step, per_link)
+        lost = links.model.lost(rnd, step)
+        if links.model.enabled:
             delivered = ~lost
             if delivered.any():
-                self._comm_time = float(self.links.delay(np.flatnonzero(delivered), sizes[delivered]).max())
+                self._comm_time += float(links.model.delay(np.flatnonzero(delivered), sizes[delivered]).max())
+        np.add.at(self.messages_lost, links.model.receivers[lost], 1)
+        off = links.graph.weights
+        if per_link:
+            received = ~lost
+            for t in payload.values():
+                t[lost] = 0
+            return LinkInbox(links.graph.receivers, off.indices, off.data, received,
+                             links.graph.self_weight, payload)
         if not lost.any():
-            return SimInbox(self.offdiag, self.self_weight, payload)
-        np.add.at(self.messages_lost, self.links.receivers[lost], 1)
-        off = self.offdiag64
-        self_w, data = renormalized(self.self_weight64, off.data, self.links.receivers, ~lost)
+            return SimInbox(links.weights32, links.self_weight32, payload)
+        self_w, data = renormalized(links.graph.self_weight, off.data, links.model.receivers, ~lost)
         weights = sp.csr_matrix((data, off.indices, off.indptr), shape=off.shape)
         return SimInbox(weights, torch.from_numpy(self_w), payload)
 
-    def _account(self, payload: Payload, rnd: int) -> np.ndarray:
-        """Charge each node the exact wire size of the message it sends each neighbour;
-        returns the size of every message, per link in CSR order."""
+    def _account(self, payload: Payload, rnd: int, links: GraphLinks, step: int, per_link: bool) -> np.ndarray:
+        """Charge each node the exact wire size of the message it sends each receiver;
+        returns the size of every message, per link in CSR order. ``payload`` rows are
+        senders, or links in CSR order when ``per_link``."""
         codec = self.experiment.config.sharing.compression
-        per_sender = lambda values: np.bincount(self.offdiag.indices, weights=values,
-                                                minlength=len(self.degree)).astype(np.int64)
-        headers = header_base_bytes(self.run_id, payload, rnd, codec) + self.link_id_bytes
+        senders = links.graph.weights.indices
+        per_sender = lambda values: np.bincount(senders, weights=values,
+                                                minlength=self.experiment.num_nodes).astype(np.int64)
+        headers = header_base_bytes(self.run_id, payload, rnd, codec, step) + links.id_bytes
         body = payload_bytes(payload, codec)
-        sizes = headers + body[self.offdiag.indices]
+        link_body = body if per_link else body[senders]
+        sizes = headers + link_body
         header = per_sender(headers)
         self.header_bytes += header
         self.bytes_sent += per_sender(sizes)
@@ -152,10 +199,26 @@ class SimEngine:
             self.raw_bytes_sent += per_sender(sizes)
         else:  # what the messages would have been without the lossless stage
             raw_body = sum(t[0].numel() * t.element_size() for t in payload.values())
-            self.raw_bytes_sent += per_sender(header_base_bytes(self.run_id, payload, rnd)
-                                              + self.link_id_bytes + raw_body)
-        self.message_bytes = int(header[0] // max(self.degree[0], 1) + body[0])
+            self.raw_bytes_sent += per_sender(header_base_bytes(self.run_id, payload, rnd, step=step)
+                                              + links.id_bytes + raw_body)
+        if links.out_degree[0]:
+            self.message_bytes = int(header[0] // links.out_degree[0] + link_body[senders == 0][0])
         return sizes
+
+
+def evaluate_if_due(evaluator: Evaluator, nodes: NodeBatch, topology: TopologySchedule,
+                    rnd: int) -> tuple[Evaluation | None, float]:
+    """Round ``rnd``'s evaluation of all ``nodes`` (None when not due) and the seconds it
+    took; shared by the synchronous and the asynchronous simulator so both report alike."""
+    if not evaluator.due(rnd):
+        return None, 0.0
+    t0 = time.perf_counter()
+    params = nodes.params
+    evaluation = evaluator.local(nodes.ids, params)
+    evaluation.consensus_distance = metrics.consensus_distance(params)
+    evaluator.average(evaluation, params.mean(0))
+    evaluation.topology = topology.graph(rnd).describe()
+    return evaluation, time.perf_counter() - t0
 
 
 def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarray:
@@ -172,10 +235,17 @@ def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarra
                      for row in range(rows)], dtype=np.int64)
 
 
-def header_base_bytes(run_id: str, payload: Payload, rnd: int, compression: str | None = None) -> int:
-    """Header size of a message from node 0 to node 0 this round. Headers differ only in
-    the msgpack sizes of the sender and receiver ids, so other ids add
-    ``wire.uint_nbytes(id) - 1`` each: one packed header prices every message exactly."""
+def header_base_bytes(run_id: str, payload: Payload, rnd: int, compression: str | None = None,
+                      step: int = 0) -> int:
+    """Header size of a message from node 0 to node 0 in exchange ``step`` of this round.
+    Headers differ only in the msgpack sizes of the sender and receiver ids, so other ids
+    add ``wire.uint_nbytes(id) - 1`` each: one packed header prices every message exactly."""
     return wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
-                                           {name: t[0] for name, t in payload.items()}, {"dst": 0}),
+                                           {name: t[0] for name, t in payload.items()}, message_meta(0, step)),
                               compression)
+
+
+def message_meta(dst: int, step: int) -> dict:
+    """Header meta of a message: its receiver, and which exchange of the round it belongs to
+    (left out for the first, so single-exchange algorithms pay nothing for it)."""
+    return {"dst": dst, "step": step} if step else {"dst": dst}

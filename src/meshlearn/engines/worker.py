@@ -27,11 +27,13 @@ import torch
 import zmq
 
 from meshlearn import wire
-from meshlearn.engines.network import LinkModel, renormalized
+from meshlearn.engines.network import renormalized
+from meshlearn.engines.sim import GraphLinks, LinkCache, message_meta
 from meshlearn.evaluation import Evaluator
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing import Inbox, Payload
+from meshlearn.sharing import Inbox, LinkInbox, Payload
+from meshlearn.topology.schedule import RoundGraph
 
 __all__ = ["Worker", "MessageInbox", "main", "pack", "unpack"]
 
@@ -114,16 +116,17 @@ class Worker:
         self.trainer = experiment.make_trainer(self.local_ids)
         self.trainer.init_state(self.nodes)
         self.algorithm = experiment.make_algorithm()
-        self.algorithm.setup(self.nodes)
+        self.algorithm.setup(self.nodes, experiment)
         self.evaluator = Evaluator(experiment)
-        self_weight, off = experiment.gossip_weights()
-        self.self_weight64 = self_weight[self.local_ids]
-        self.offdiag = off
-        self.links = LinkModel(cfg.network, off, cfg.seed)
+        self.topology = experiment.topology
+        self.links = LinkCache(experiment)
         self.down: set[int] = set()                  # workers known to be gone
-        self.arrived: dict[int, dict] = defaultdict(dict)  # rnd -> {(dst, src): delivered}
-        self.models: dict[int, dict] = defaultdict(dict)   # rnd -> {src: tensors}, one copy per sender
-        self.deferred: dict[int, list] = defaultdict(list)  # rnd -> (counter, row, amount) of early messages
+        # the exchange in progress: its (round, step), links, and what arrived for it
+        self.current: tuple[int, int] = (0, 0)
+        self.current_links: GraphLinks | None = None
+        self.arrived: dict[tuple[int, int], bool] = {}   # (dst, src) -> delivered
+        self.models: dict = {}                           # src (or (dst, src) per link) -> tensors
+        self.pending: dict[tuple[int, int], list] = defaultdict(list)  # (rnd, step) -> early messages
         b = len(self.local_ids)
         self.bytes_sent = np.zeros(b, dtype=np.int64)
         self.header_bytes = np.zeros(b, dtype=np.int64)
@@ -133,38 +136,62 @@ class Worker:
             self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
         self.message_bytes = 0
         self.spec: dict | None = None                    # names -> (dtype, shape) of a payload row
+        self.per_link = False                            # the current exchange sends a message per link
         self.rejected = 0                                # invalid messages received
         self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
 
-    def neighbours(self, node: int) -> np.ndarray:
-        return self.offdiag.indices[self.offdiag.indptr[node]:self.offdiag.indptr[node + 1]]
+    def neighbours(self, node: int, rnd: int = 1) -> np.ndarray:
+        """The nodes that hear from ``node`` in round ``rnd``."""
+        return self.topology.graph(rnd).receivers_of(node)
 
     # RoundContext
-    def train(self, nodes: NodeBatch) -> torch.Tensor:
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
         t0 = time.perf_counter()
-        loss = self.trainer.train(nodes)
+        loss = self.trainer.train(nodes, active)
         self.times["train_time_s"] += time.perf_counter() - t0
         return loss
 
-    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int) -> Inbox:
-        # what a neighbour's message must hold: the tensors this run's sharing scheme sends
-        self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
-        self._send_all(payload, rnd)
-        got, models = self._collect(rnd)
-        return self._inbox(got, models, payload)
+    def graph(self, rnd: int) -> RoundGraph:
+        return self.topology.graph(rnd)
 
-    def _send_all(self, payload: Payload, rnd: int) -> None:
+    def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
+                 per_link: bool = False) -> Inbox | LinkInbox:
+        step = self.current[1] + 1 if self.current[0] == rnd else 0
+        self.current = (rnd, step)
+        self.current_links = links = self.links(graph if graph is not None else self.graph(rnd))
+        # what a sender's message must hold: the tensors this run's sharing scheme sends
+        self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
+        self.per_link = per_link
+        self._send_all(payload, rnd, step, links)
+        got, models = self._collect(rnd, links)
+        if per_link:
+            return self._link_inbox(got, models, payload, links)
+        return self._inbox(got, models, payload, links)
+
+    def _send_all(self, payload: Payload, rnd: int, step: int, links: GraphLinks) -> None:
         t0 = time.perf_counter()
-        lost = self.links.lost(rnd)
+        lost = links.model.lost(rnd, step)
         codec = self.codec
+        link = 0   # row of the next outgoing link, for per-link payloads
         for row, src in enumerate(self.local_ids):
-            tensors = {name: t[row] for name, t in payload.items()}
-            # one copy of the sender's tensors, shared by its messages (the model may change in place later)
-            body = [bytes(f) for f in wire.encode_tensors(tensors, codec)]
-            body_bytes = sum(len(f) for f in body)
-            raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
-            for dst in self.neighbours(src).tolist():
-                message = wire.Message(self.run_id, src, rnd, "model", tensors, {"dst": dst})
+            receivers = links.graph.receivers_of(src).tolist()
+            if not receivers:
+                continue
+            if self.per_link:
+                messages = [({name: t[link + k] for name, t in payload.items()}, dst)
+                            for k, dst in enumerate(receivers)]
+                link += len(receivers)
+            else:
+                tensors = {name: t[row] for name, t in payload.items()}
+                messages = [(tensors, dst) for dst in receivers]
+            body = None
+            for tensors, dst in messages:
+                if body is None or self.per_link:
+                    # one copy of a sender's tensors, shared by its messages (the model may change in place later)
+                    body = [bytes(f) for f in wire.encode_tensors(tensors, codec)]
+                    body_bytes = sum(len(f) for f in body)
+                    raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
+                message = wire.Message(self.run_id, src, rnd, "model", tensors, message_meta(dst, step))
                 header = wire.encode_header(message, codec)
                 nbytes = len(header) + body_bytes
                 self.bytes_sent[row] += nbytes
@@ -175,39 +202,44 @@ class Worker:
                 worker = int(self.owner[dst])
                 if worker in self.down:
                     continue
-                pos = self.links.position(dst, src)
+                pos = links.model.position(dst, src)
                 if lost[pos]:  # emulated loss: the receiver is told at once instead of timing out
-                    notice = wire.encode(wire.Message(self.run_id, src, rnd, "lost", {}, {"dst": dst}))
+                    notice = wire.encode(wire.Message(self.run_id, src, rnd, "lost", {}, message_meta(dst, step)))
                     self.transport.send(worker, notice)
                     continue
-                delay = float(self.links.delay(pos, nbytes)) if self.links.enabled else 0.0
+                delay = float(links.model.delay(pos, nbytes)) if links.model.enabled else 0.0
                 self.transport.send(worker, [header, *body], delay)
         self.times["serialize_time_s"] += time.perf_counter() - t0
 
-    def _expected(self) -> set[tuple[int, int]]:
-        return {(dst, src) for dst in self.local_ids for src in self.neighbours(dst).tolist()
+    def _expected(self, links: GraphLinks) -> set[tuple[int, int]]:
+        return {(dst, src) for dst in self.local_ids for src in links.graph.senders_of(dst).tolist()
                 if int(self.owner[src]) not in self.down}
 
-    def _collect(self, rnd: int) -> tuple[dict[tuple[int, int], bool], dict[int, dict]]:
-        """Round-``rnd`` messages for the local nodes, until all arrived or the timeout.
+    def _collect(self, rnd: int, links: GraphLinks) -> tuple[dict[tuple[int, int], bool], dict]:
+        """The current exchange's messages for the local nodes, until all arrived or the timeout.
 
         Returns {(receiver, sender): delivered (False: lost on the emulated link)} and the
-        senders' tensors, kept once per sender however many local neighbours it has.
+        tensors, kept once per sender however many local receivers it has (per link for
+        per-link exchanges).
         """
         t0 = time.perf_counter()
-        got = self.arrived[rnd]
-        for name, row, amount in self.deferred.pop(rnd, []):
-            self.counters[name][row] += amount
+        self.arrived, self.models = {}, {}
+        for msg, nbytes in self.pending.pop(self.current, []):   # early messages, checked now
+            self._file(msg, nbytes)
+        got = self.arrived
+        expected = self._expected(links)
         deadline = time.monotonic() + self.timeout_s
         while True:
-            missing = self._expected() - got.keys()
+            missing = expected - got.keys()
             remaining = deadline - time.monotonic()
             if not missing or remaining <= 0:
                 break
             self._poll_control()
+            if self.down:
+                expected = self._expected(links)
             frames = self.transport.recv(min(remaining, 0.05))
             if frames is not None:
-                self._accept(frames, rnd)
+                self._accept(frames)
         for dst, _ in missing:
             self.counters["messages_missing"][self.row_of[dst]] += 1
         if missing:
@@ -215,54 +247,87 @@ class Worker:
             log.warning("worker %d round %d: after %.1fs no message on %d link(s) (%s%s); going on without them",
                         self.index, rnd, self.timeout_s, len(missing), links, ", ..." if len(missing) > 10 else "")
         self.times["wait_time_s"] += time.perf_counter() - t0
-        return self.arrived.pop(rnd), self.models.pop(rnd, {})
+        return self.arrived, self.models
 
-    def _accept(self, frames: list, rnd: int) -> None:
-        """Validate one message and file it under its round; log and count bad ones."""
+    def _reject(self, reason: str) -> None:
+        log.warning("worker %d: rejected a message: %s", self.index, reason)
+        self.rejected += 1
+
+    def _accept(self, frames: list) -> None:
+        """Decode one message: file it if it belongs to the current exchange, keep it for
+        later if it is early (checked against its own exchange's graph then), log bad ones."""
         try:
             msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
-            dst = msg.meta.get("dst")
+            dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
             if type(dst) is not int or dst not in self.row_of:
                 raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
+            if type(step) is not int or step < 0:
+                raise wire.MessageError(f"exchange step {step!r} is not a non-negative integer")
             if msg.kind not in ("model", "lost"):
                 raise wire.MessageError(f"unexpected message kind {msg.kind!r}")
-            if self.links.position(dst, msg.src) is None:
-                raise wire.MessageError(f"sender {msg.src} is not a neighbour of node {dst}")
-            spec = {name: (t.dtype, tuple(t.shape)) for name, t in msg.tensors.items()}
-            if msg.kind == "model" and spec != self.spec:
-                raise wire.MessageError(f"tensors {spec} are not this run's payload {self.spec}")
         except wire.MessageError as exc:
-            log.warning("worker %d: rejected a message: %s", self.index, exc)
-            self.rejected += 1
+            self._reject(str(exc))
             return
-        row = self.row_of[dst]
-        name, amount = ("messages_lost", 1) if msg.kind == "lost" else ("bytes_received", sum(len(f) for f in frames))
-        if msg.rnd > rnd:   # an early message counts in the figures of its own round
-            self.deferred[msg.rnd].append((name, row, amount))
+        nbytes = sum(len(f) for f in frames)
+        key = (msg.rnd, step)
+        if key > self.current:
+            self.pending[key].append((msg, nbytes))
+        elif key == self.current:
+            self._file(msg, nbytes)
         else:
-            self.counters[name][row] += amount
-        if msg.rnd < rnd:
+            self.counters["bytes_received"][self.row_of[dst]] += nbytes if msg.kind == "model" else 0
             log.info("worker %d: message from %d for past round %d arrived late", self.index, msg.src, msg.rnd)
-            return
-        self.arrived[msg.rnd][(dst, msg.src)] = msg.kind == "model"
-        if msg.kind == "model":
-            self.models[msg.rnd].setdefault(msg.src, msg.tensors)
 
-    def _inbox(self, got: dict, models: dict, payload: Payload) -> MessageInbox:
+    def _file(self, msg: wire.Message, nbytes: int) -> None:
+        """Check a message of the current exchange against its graph and payload, count it, keep it."""
+        dst = msg.meta["dst"]
+        if self.current_links.model.position(dst, msg.src) is None:
+            return self._reject(f"sender {msg.src} does not send to node {dst} in this exchange")
+        spec = {name: (t.dtype, tuple(t.shape)) for name, t in msg.tensors.items()}
+        if msg.kind == "model" and spec != self.spec:
+            return self._reject(f"tensors {spec} are not this run's payload {self.spec}")
+        row = self.row_of[dst]
+        if msg.kind == "lost":
+            self.counters["messages_lost"][row] += 1
+        else:
+            self.counters["bytes_received"][row] += nbytes
+        self.arrived[(dst, msg.src)] = msg.kind == "model"
+        if msg.kind == "model":
+            if self.per_link:
+                self.models[(dst, msg.src)] = msg.tensors
+            else:
+                self.models.setdefault(msg.src, msg.tensors)
+
+    def _incoming(self, got: dict, links: GraphLinks):
+        """Every incoming link of the local nodes (receiver-major, senders increasing):
+        receiver rows, senders, weights w_ij, and whether the message arrived."""
         rows, srcs, weights, received = [], [], [], []
+        off = links.graph.weights
         for row, dst in enumerate(self.local_ids):
-            start, end = self.offdiag.indptr[dst], self.offdiag.indptr[dst + 1]
-            for src, w in zip(self.offdiag.indices[start:end].tolist(), self.offdiag.data[start:end]):
+            start, end = off.indptr[dst], off.indptr[dst + 1]
+            for src, w in zip(off.indices[start:end].tolist(), off.data[start:end]):
                 rows.append(row)
                 srcs.append(src)
                 weights.append(w)
                 received.append(got.get((dst, src), False))
-        received = np.array(received, dtype=bool)
-        self_w, link_w = renormalized(self.self_weight64, np.array(weights, dtype=np.float64),
-                                      np.array(rows, dtype=np.int64), received)
+        return (np.array(rows, dtype=np.int64), np.array(srcs, dtype=np.int64),
+                np.array(weights, dtype=np.float64), np.array(received, dtype=bool))
+
+    def _link_inbox(self, got: dict, models: dict, payload: Payload, links: GraphLinks) -> LinkInbox:
+        rows, srcs, weights, received = self._incoming(got, links)
+        out = {name: torch.zeros((len(rows), *t.shape[1:]), dtype=t.dtype) for name, t in payload.items()}
+        for k in np.flatnonzero(received).tolist():
+            for name, t in models[(self.local_ids[rows[k]], int(srcs[k]))].items():
+                out[name][k] = t
+        return LinkInbox(rows, srcs, weights, received, links.graph.self_weight[self.local_ids], out)
+
+    def _inbox(self, got: dict, models: dict, payload: Payload, links: GraphLinks) -> MessageInbox:
+        rows, srcs, weights, received = self._incoming(got, links)
+        self_weight = links.graph.self_weight[self.local_ids]
+        self_w, link_w = renormalized(self_weight, weights, rows, received)
         by_src: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for k in np.flatnonzero(received).tolist():
-            by_src[srcs[k]].append((rows[k], float(link_w[k])))
+            by_src[int(srcs[k])].append((int(rows[k]), float(link_w[k])))
         payloads = {src: {name: t.unsqueeze(0) for name, t in models[src].items()} for src in by_src}
         template = {name: t[:0] for name, t in payload.items()}
         return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template, self._reject_payload)
@@ -291,6 +356,8 @@ class Worker:
                "train_loss": loss.tolist(), "bytes_sent": self.bytes_sent.tolist(),
                "header_bytes": self.header_bytes.tolist(), "wall_time_s": elapsed,
                **{name: values.tolist() for name, values in self.counters.items()}}
+        if self.experiment.config.privacy.dp is not None:   # a float per node, not an int counter
+            msg["epsilon"] = self.trainer.epsilon(self.local_ids).tolist()
         models = [self.nodes.params.numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
             return [pack(msg), *models]

@@ -1,6 +1,7 @@
 """Sharing schemes: what nodes exchange and how received models are aggregated."""
 
-from meshlearn.sharing.base import Inbox, PartialSharing, Payload, Sharing, partial_average
+from meshlearn.sharing.base import (Inbox, LinkInbox, PartialSharing, Payload, Sharing, dense_average,
+                                    partial_average)
 from meshlearn.sharing.choco import ChocoSharing
 from meshlearn.sharing.full import FullSharing
 from meshlearn.sharing.quantize import QuantizeSharing
@@ -19,5 +20,5 @@ def build(name: str, seed: int = 0, **options) -> Sharing:
     return SHARINGS[name](seed=seed, **options)
 
 
-__all__ = ["Inbox", "Payload", "Sharing", "PartialSharing", "partial_average", "FullSharing", "RandomSharing",
-           "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS", "build"]
+__all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "PartialSharing", "partial_average",
+           "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS", "build"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from meshlearn.nodes import NodeBatch
 
-__all__ = ["Payload", "Inbox", "Sharing", "PartialSharing", "partial_average"]
+__all__ = ["Payload", "Inbox", "LinkInbox", "Sharing", "PartialSharing", "partial_average"]
 
 Payload = dict[str, torch.Tensor]
 """Named tensors with a leading local-node dimension: row i is what node i sends."""
@@ -37,6 +39,19 @@ class Inbox(ABC):
         ``decode`` maps a stacked payload (leading sender dimension) to stacked dense tensors,
         so the engine may apply it to one message or to all senders at once.
         """
+
+
+@dataclass
+class LinkInbox:
+    """What a batch of receivers got when every link carried its own message (``per_link``
+    exchanges): one entry per incoming link, grouped by receiver, senders in increasing id."""
+
+    rows: np.ndarray          # (E,) receiving local row of each link
+    senders: np.ndarray       # (E,) global id of each link's sender
+    weights: np.ndarray       # (E,) float64 mixing weight w_ij of the link
+    received: np.ndarray      # (E,) bool: the message arrived
+    self_weight: np.ndarray   # (B,) float64 w_ii
+    payload: Payload          # (E, ...) the messages; rows of links not received are zero
 
 
 class Sharing(ABC):
@@ -61,6 +76,11 @@ class Sharing(ABC):
     @abstractmethod
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
         """Replace ``nodes.params`` with the aggregate of own and received models."""
+
+    def share(self, nodes: NodeBatch, rnd: int, ctx) -> None:
+        """One gossip step over the round's graph: send, receive, aggregate. Schemes whose
+        messages differ per receiver (secure aggregation) override this."""
+        self.aggregate(nodes, ctx.exchange(nodes, self.encode(nodes, rnd), rnd))
 
 
 def dense_average(params: torch.Tensor, inbox: Inbox,

@@ -1,0 +1,106 @@
+"""Federated learning as nodes with roles on a star: node 0 is the server, the rest are clients.
+
+Written on the same ``RoundContext`` as the decentralized algorithms, so FL and DL runs use
+the same engines, byte accounting and metrics. A round exchanges twice, each time along a
+graph of the algorithm's own: the server sends the global model to the clients sampled
+this round (weight 1, so a client's model becomes the global one), the sampled clients
+train, and they send back to the server, which weighs them by their sample counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from meshlearn.algorithms.base import Algorithm, RoundContext
+from meshlearn.nodes import NodeBatch
+from meshlearn.sharing import Sharing
+from meshlearn.topology.schedule import RoundGraph
+
+__all__ = ["FedAvg", "ParameterServer", "SERVER"]
+
+SERVER = 0
+_CLIENT_STREAM = 0xC11E
+
+
+class FedAvg(Algorithm):
+    """FedAvg (McMahan et al., AISTATS 2017): sampled clients train from the global model,
+    and the server replaces it by their average weighted by sample count."""
+
+    name = "fedavg"
+
+    def __init__(self, sharing: Sharing, client_fraction: float = 1.0):
+        super().__init__(sharing)
+        self.client_fraction = client_fraction
+
+    def setup(self, nodes: NodeBatch, experiment) -> None:
+        super().setup(nodes, experiment)
+        self.n = experiment.num_nodes
+        self.seed = experiment.config.seed
+        self.samples = np.array([len(part) for part in experiment.parts], dtype=np.float64)
+
+    def clients(self, rnd: int) -> np.ndarray:
+        """The clients of round ``rnd``: ``client_fraction`` of them (at least one), drawn
+        from (seed, round) so that every process draws the same ones."""
+        k = self.n - 1
+        m = max(1, int(round(self.client_fraction * k)))
+        if m == k:
+            return np.arange(1, self.n)
+        rng = np.random.default_rng([self.seed, _CLIENT_STREAM, rnd])
+        return np.sort(rng.choice(k, m, replace=False)) + 1
+
+    def graphs(self, clients: np.ndarray) -> tuple[RoundGraph, RoundGraph]:
+        """(server → clients with weight 1, clients → server weighted by sample counts)."""
+        n, server = self.n, np.full(len(clients), SERVER)
+        keep = np.ones(n)
+        keep[clients] = 0.0
+        down = RoundGraph.from_links(n, clients, server, np.ones(len(clients)), keep, "server → clients")
+        share = self.samples[clients] / self.samples[clients].sum()
+        keep = np.ones(n)
+        keep[SERVER] = 0.0
+        up = RoundGraph.from_links(n, server, clients, share, keep, "clients → server")
+        return down, up
+
+    def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
+        clients = self.clients(rnd)
+        down, up = self.graphs(clients)
+        self.sharing.aggregate(nodes, ctx.exchange(nodes, self.sharing.encode(nodes, rnd), rnd, down))
+        start = nodes.params.clone()
+        loss = ctx.train(nodes, torch.from_numpy(np.isin(nodes.ids.numpy(), clients)))
+        self.upload(nodes, start, ctx.exchange(nodes, self.update(nodes, start, rnd), rnd, up))
+        return loss
+
+    def update(self, nodes: NodeBatch, start: torch.Tensor, rnd: int):
+        """What a client sends back: its model."""
+        return self.sharing.encode(nodes, rnd)
+
+    def upload(self, nodes: NodeBatch, start: torch.Tensor, inbox) -> None:
+        """The server's aggregation (clients have no in-links here, so they keep their models)."""
+        self.sharing.aggregate(nodes, inbox)
+
+
+class ParameterServer(FedAvg):
+    """A synchronous parameter server: clients send their update x_k − x (the sum of their
+    local steps), and the server applies the weighted mean update with its own step size
+    and momentum: v ← β v + Σ_k w_k Δ_k, x ← x + η v (η = 1, β = 0 is FedAvg)."""
+
+    name = "parameter_server"
+
+    def __init__(self, sharing: Sharing, client_fraction: float = 1.0, server_lr: float = 1.0,
+                 server_momentum: float = 0.0):
+        super().__init__(sharing, client_fraction)
+        self.server_lr, self.server_momentum = server_lr, server_momentum
+
+    def setup(self, nodes: NodeBatch, experiment) -> None:
+        super().setup(nodes, experiment)
+        self.velocity = torch.zeros(nodes.params.shape[1])   # used by the process hosting the server
+
+    def update(self, nodes: NodeBatch, start: torch.Tensor, rnd: int):
+        return {"update": nodes.params - start}
+
+    def upload(self, nodes: NodeBatch, start: torch.Tensor, inbox) -> None:
+        mean_update = inbox.weighted_sum(lambda payload: payload["update"])
+        rows = torch.nonzero(nodes.ids == SERVER).flatten().tolist()
+        for row in rows:
+            self.velocity.mul_(self.server_momentum).add_(mean_update[row])
+            nodes.params[row] += self.server_lr * self.velocity
