@@ -8,7 +8,7 @@ import torch
 
 from conftest import small_config
 from meshlearn.config import ConfigError, DPConfig
-from meshlearn.dp import NodePrivacy
+from meshlearn.privacy.dp import NodePrivacy
 from meshlearn.engines.processes import ProcessesEngine
 from meshlearn.engines.sim import SimEngine
 from meshlearn.evaluation import round_record

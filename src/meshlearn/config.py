@@ -220,10 +220,20 @@ class DPConfig(_Section):
         return self
 
 
+class SecAggConfig(_Section):
+    """Secure aggregation among neighbours (``[privacy.secagg]``): pairwise-masked messages in
+    fixed point, so a receiver learns only the weighted sum of its senders' models."""
+
+    ring_bits: Literal[32, 64] = Field(32, description="messages are integers mod 2**ring_bits")
+    fraction_bits: int | None = Field(None, ge=1, description="fixed-point scale 2**fraction_bits "
+                                      "(default 16 for a 32-bit ring, 32 for 64)")
+
+
 class PrivacyConfig(_Section):
     """Privacy mechanisms, each off unless its section is present."""
 
     dp: DPConfig | None = Field(None, description="differentially private local training (DP-SGD)")
+    secagg: SecAggConfig | None = Field(None, description="secure aggregation among neighbours")
 
 
 def _scheme_options(section: BaseModel, where: str, defaults: dict[str, dict[str, Any]], name: str) -> None:
@@ -454,6 +464,9 @@ class ExperimentConfig(_Section):
             raise ValueError("sharing.name = 'choco' keeps a running sum of its fixed neighbours' public "
                              "copies, so it needs a static topology: remove topology.dynamic, schedule, "
                              "final_average and kind = 'epidemic', or use another sharing scheme")
+        if self.privacy.secagg is not None and (self.sharing.name != "full" or algo != "dpsgd"):
+            raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set sharing.name = 'full' "
+                             "and algorithm.name = 'dpsgd', or remove [privacy.secagg]")
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")

@@ -92,7 +92,12 @@ class Experiment:
 
     def make_algorithm(self) -> algorithms.Algorithm:
         cfg = self.config
-        scheme = sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
+        if cfg.privacy.secagg is not None:
+            from meshlearn.sharing.secure import SecureAggregation
+
+            scheme = SecureAggregation(cfg.seed, cfg.privacy.secagg.ring_bits, cfg.privacy.secagg.fraction_bits)
+        else:
+            scheme = sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
         return algorithms.build(cfg.algorithm.name, scheme, **cfg.algorithm.options())
 
 

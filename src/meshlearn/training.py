@@ -11,7 +11,7 @@ weights stay in cache across its steps.
 
 With ``privacy.dp`` set, each step instead computes per-sample gradients (``vmap`` of
 ``grad`` over the samples, nested in the ``vmap`` over nodes or per node in the loop) and
-``meshlearn.dp`` clips and noises them (DP-SGD) before the same optimizer update.
+``meshlearn.privacy.dp`` clips and noises them (DP-SGD) before the same optimizer update.
 """
 
 from __future__ import annotations
@@ -169,9 +169,9 @@ class LocalTrainer:
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
                          for node, idx in parts.items()}
         self._steps = {node: local_steps(cfg, len(idx)) for node, idx in parts.items()}
-        self.privacy = None   # DP-SGD noise and accountants (meshlearn.dp.NodePrivacy) with privacy.dp
+        self.privacy = None   # DP-SGD noise and accountants (meshlearn.privacy.dp.NodePrivacy) with privacy.dp
         if dp is not None:
-            from meshlearn.dp import NodePrivacy   # imports Opacus (seconds): only for DP runs
+            from meshlearn.privacy.dp import NodePrivacy   # imports Opacus (seconds): only for DP runs
 
             self.privacy = NodePrivacy(dp, layout, seed, cfg.batch_size,
                                        {node: len(idx) for node, idx in parts.items()},

@@ -27,6 +27,7 @@ from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.worker import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.metrics import peak_rss_bytes
+from meshlearn.sharing.secure import SECAGG_METRICS
 
 __all__ = ["ProcessesEngine"]
 
@@ -43,6 +44,10 @@ class ProcessesEngine:
         self.experiment, self.run_id, self.placement = experiment, run_id, placement
         self.name = placement
         n = experiment.num_nodes
+        if hosts is not None and experiment.config.privacy.secagg is not None:
+            raise ConfigError("privacy.secagg needs every node's public key in one directory, which a "
+                              "hosts-file run (one launcher per machine) does not build yet; run it on one "
+                              "machine (--engine processes or ray)")
         if hosts is not None:
             if machine_id is None:
                 raise ConfigError("a hosts file needs the machine id of this launcher (--machine-id)")
@@ -81,7 +86,8 @@ class ProcessesEngine:
         self.keep_models = keep_models
         self.ray_address = ray_address
         self.params: torch.Tensor | None = None   # final models (N, P), with keep_models
-        self._extra_metrics = ("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()
+        self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
+            + (SECAGG_METRICS if cfg.privacy.secagg is not None else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine
@@ -95,10 +101,16 @@ class ProcessesEngine:
             self.handles[k] = self._spawn(address, k)
         self._handshake("hello", lambda k, msg: self._send(k, self._setup(k)))
         ready: dict[int, str] = {}
-        self._handshake("ready", lambda k, msg: ready.__setitem__(k, msg["address"]))
+        keys: dict[int, bytes] = {}   # the public-key directory of the nodes (secure aggregation)
+
+        def on_ready(k: int, msg: dict) -> None:
+            ready[k] = msg["address"]
+            keys.update(msg.get("keys") or {})
+
+        self._handshake("ready", on_ready)
         book = self.static_book or ready
         start = {"kind": "start", "book": {str(k): v for k, v in book.items()}, "owner": self.owner.tolist(),
-                 "down": sorted(self.failures)}
+                 "down": sorted(self.failures), "keys": keys}
         for k in self._alive():
             self._send(k, start)
 

@@ -137,6 +137,7 @@ class SimEngine:
             out["bytes_uncompressed"] = self.raw_bytes_sent.copy()
         if self.experiment.config.privacy.dp is not None:
             out["epsilon"] = self.trainer.epsilon(self.nodes.ids.tolist())
+        out.update(self.algorithm.sharing.node_metrics(self.nodes.ids.tolist()))
         return out
 
     def close(self) -> dict:

@@ -358,6 +358,7 @@ class Worker:
                **{name: values.tolist() for name, values in self.counters.items()}}
         if self.experiment.config.privacy.dp is not None:   # a float per node, not an int counter
             msg["epsilon"] = self.trainer.epsilon(self.local_ids).tolist()
+        msg.update({name: values.tolist() for name, values in self.algorithm.sharing.node_metrics(self.local_ids).items()})
         models = [self.nodes.params.numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
             return [pack(msg), *models]
@@ -406,12 +407,15 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         transport = Transport(host or setup["host"], setup.get("port") or 0,
                               max_bytes=cfg.engine.max_message_bytes, delayed=cfg.network.enabled,
                               context=context)
-        control.send(pack({"kind": "ready", "worker": index, "address": transport.address}))
+        worker = Worker(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
+        sharing = worker.algorithm.sharing
+        control.send(pack({"kind": "ready", "worker": index, "address": transport.address,
+                           "keys": sharing.public_keys()}))
         start = _wait_for(control, "start")
         transport.connect({int(k): v for k, v in start["book"].items()})
-        owner = np.asarray(start["owner"], dtype=np.int64)
-        worker = Worker(experiment, setup["run_id"], index, setup["nodes"], owner, transport, control)
+        worker.owner = np.asarray(start["owner"], dtype=np.int64)
         worker.down.update(int(w) for w in start.get("down", []))
+        sharing.add_public_keys(start.get("keys", {}))
         worker.run(cfg.rounds, send_models=setup.get("keep_models", False))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         control.send(pack({"kind": "done", "worker": index, "cpu_time_s": usage.ru_utime + usage.ru_stime,

@@ -1,4 +1,5 @@
-"""Privacy building blocks: secure aggregation among neighbours (``secagg``)."""
+"""Privacy: secure aggregation among neighbours (``secagg``) and DP-SGD with its accountant
+(``dp``, imported on use: it loads Opacus)."""
 
 from meshlearn.privacy.secagg import (
     KEY_BYTES,

@@ -77,6 +77,17 @@ class Sharing(ABC):
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
         """Replace ``nodes.params`` with the aggregate of own and received models."""
 
+    def node_metrics(self, ids: list[int]) -> dict[str, np.ndarray]:
+        """Per-node counters of the scheme for the results (int64, aligned with ``ids``)."""
+        return {}
+
+    def public_keys(self) -> dict[int, bytes]:
+        """Public keys of the local nodes that other processes need (secure aggregation)."""
+        return {}
+
+    def add_public_keys(self, directory: dict[int, bytes]) -> None:
+        """The key directory the engine publishes (all nodes' public keys)."""
+
     def share(self, nodes: NodeBatch, rnd: int, ctx) -> None:
         """One gossip step over the round's graph: send, receive, aggregate. Schemes whose
         messages differ per receiver (secure aggregation) override this."""
