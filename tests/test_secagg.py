@@ -14,7 +14,6 @@ from meshlearn.privacy.secagg import (
     generate_keys,
     public_bytes,
     public_keys,
-    setup_bytes,
 )
 
 RINGS = [32, 64]
@@ -196,12 +195,6 @@ def test_dropped_sender_makes_the_round_unusable():
     later = masked_messages(fp, masks, survivors, 0, models, {j: 0.3 for j in survivors}, rnd=8)
     decoded = fp.decode(fp.sum(list(later.values())), dtype=torch.float64)
     assert (decoded - 1.2).abs().max() <= fp.error_bound(2)
-
-
-def test_setup_bytes_counts_announced_and_relayed_keys():
-    sent = setup_bytes({0: [1, 2, 3], 1: [0]})
-    # senders announce their key once per receiver; receiver 0 relays 2 keys to each of 3 senders
-    assert sent == {1: KEY_BYTES, 2: KEY_BYTES, 3: KEY_BYTES, 0: KEY_BYTES + 3 * 2 * KEY_BYTES}
 
 
 def test_public_keys_are_raw_32_bytes():

@@ -131,3 +131,21 @@ def test_processes_engine_matches_sim_with_secure_aggregation():
 def test_secure_aggregation_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         secagg_config(**overrides)
+
+
+def test_departed_sender_is_excluded_and_weights_renormalized():
+    """Nodes known to have left drop out of the sender sets: their receivers average over
+    the remaining senders (weights renormalized), everyone else is unaffected."""
+    cfg = secagg_config(secagg={"ring_bits": 64}, nodes=10, topology={"kind": "regular", "degree": 3})
+    engine = SimEngine(Experiment.build(cfg))
+    engine.departed = frozenset({4})
+    x = torch.randn_like(engine.nodes.params)
+    engine.nodes.params = x.clone()
+    engine.algorithm.sharing.share(engine.nodes, 1, engine)
+    W = engine.graph(1).mixing().toarray()
+    W[:, 4] = 0.0
+    W /= W.sum(1, keepdims=True)
+    expected = torch.from_numpy(W) @ x.double()
+    others = [i for i in range(10) if i != 4]
+    torch.testing.assert_close(engine.nodes.params[others].double(), expected[others], atol=1e-6, rtol=1e-6)
+    assert sum(engine.algorithm.sharing.aborts.values()) == 0

@@ -32,6 +32,10 @@ class RoundContext(Protocol):
     def graph(self, rnd: int) -> RoundGraph:
         """The communication graph of round ``rnd``."""
 
+    @property
+    def departed(self) -> frozenset[int]:
+        """Nodes known to have left the run (their process died)."""
+
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox:
         """Send each node's payload along ``graph`` (default: the round's graph) and collect

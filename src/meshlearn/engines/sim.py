@@ -154,6 +154,8 @@ class SimEngine:
     def graph(self, rnd: int) -> RoundGraph:
         return self.topology.graph(rnd)
 
+    departed: frozenset[int] = frozenset()   # nodes never leave a simulation
+
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox | LinkInbox:
         links = self.links(graph if graph is not None else self.graph(rnd))

@@ -154,6 +154,10 @@ class Worker:
     def graph(self, rnd: int) -> RoundGraph:
         return self.topology.graph(rnd)
 
+    @property
+    def departed(self) -> frozenset[int]:
+        return frozenset(np.flatnonzero(np.isin(self.owner, list(self.down))).tolist()) if self.down else frozenset()
+
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox | LinkInbox:
         step = self.current[1] + 1 if self.current[0] == rnd else 0

@@ -10,8 +10,7 @@ from meshlearn.privacy.secagg import (
     generate_keys,
     public_bytes,
     public_keys,
-    setup_bytes,
 )
 
 __all__ = ["KEY_BYTES", "FixedPoint", "PairwiseMasks", "aggregate_usable", "expected_senders", "generate_keys",
-           "public_bytes", "public_keys", "setup_bytes"]
+           "public_bytes", "public_keys"]

@@ -28,7 +28,9 @@ Fixed point (``FixedPoint``)
 
 Keys and masks (``PairwiseMasks``)
     Each node has an X25519 key pair from OS randomness; public keys are 32 raw bytes,
-    relayed by the receiver to its senders (``setup_bytes`` counts that traffic). The pair
+    published once in a directory of all nodes (the engine's launcher collects and sends
+    it, as the server of Bonawitz et al. relays keys), so any two nodes that come to share
+    a receiver, also on a graph that changes every round, can derive their secret. The pair
     secret s_jk is HKDF-SHA256 of the X25519 shared secret, with salt and info naming the
     scheme and both node ids in sorted order. PRG(s, i, r) is AES-128-CTR keyed by
     HKDF(s, info = scheme, i, r), so every (pair, receiver, round) has its own stream. The
@@ -62,7 +64,7 @@ Dropouts: abort and exclude
     decentralized learning skipping one round's mixing at one node is cheap.
 
 Threat model and limits
-    Honest-but-curious nodes. A receiver relays public keys, so against an active receiver
+    Honest-but-curious nodes. The directory relays public keys, so against an active relay
     the keys would need authentication (e.g. signatures), which is not done here. With a
     single sender (|S| = 1) the mask is zero and the "sum" is that sender's model: secure
     aggregation hides nothing there, and the engine should treat |S| < 2 as it sees fit.
@@ -96,7 +98,6 @@ __all__ = [
     "generate_keys",
     "public_bytes",
     "public_keys",
-    "setup_bytes",
 ]
 
 KEY_BYTES = 32
@@ -240,24 +241,6 @@ def public_bytes(private_key: X25519PrivateKey) -> bytes:
 def public_keys(private_keys: Mapping[int, X25519PrivateKey]) -> dict[int, bytes]:
     """The public-key directory {node: 32 bytes} of some private keys."""
     return {node: public_bytes(key) for node, key in private_keys.items()}
-
-
-def setup_bytes(senders_of: Mapping[int, Collection[int]]) -> dict[int, int]:
-    """Bytes each node sends to set up the keys: its public key to each receiver it sends
-    to, and, as a receiver, the other senders' keys to each of its senders.
-
-    ``senders_of`` maps each receiver to its senders over the whole run (the union over
-    rounds for a time-varying graph). Keys a sender already knows from another receiver
-    are not deduplicated, so this is an upper bound on what a careful relay sends.
-    """
-    sent: dict[int, int] = {}
-    for receiver, senders in senders_of.items():
-        senders = {_node(s) for s in senders}
-        for sender in senders:
-            sent[sender] = sent.get(sender, 0) + KEY_BYTES
-        relayed = len(senders) * (len(senders) - 1) * KEY_BYTES
-        sent[_node(receiver)] = sent.get(_node(receiver), 0) + relayed
-    return sent
 
 
 def expected_senders(in_neighbours: Iterable[int], departed: Collection[int] = ()) -> frozenset[int]:

@@ -6,8 +6,11 @@ in their sum (``privacy.secagg``). The receiver adds the messages in the ring, d
 weighted sum, and adds its own w_ii x_i: the D-PSGD update, exact up to the fixed-point
 resolution, without ever holding a neighbour's model in the clear.
 
-Dropouts follow the abort rule: a receiver that misses any of its senders' messages cannot
-cancel the masks, so it keeps its own model this round (counted in ``aborts``).
+Dropouts follow the abort-and-exclude rule: a receiver that misses any of its senders'
+messages cannot cancel the masks, so it keeps its own model this round (counted in
+``aborts``); nodes known to have left (``ctx.departed``) are excluded from the sender sets
+of later rounds. Every message carries a digest of the sender set its mask was built for,
+so a receiver never decodes a sum whose senders disagreed on who had left.
 
 Keys: every node has an X25519 key pair; the public keys form a directory that the engine
 publishes once (the simulator holds all nodes; the networked launcher collects the
@@ -17,11 +20,14 @@ that changes every round.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
 from meshlearn.nodes import NodeBatch
-from meshlearn.privacy.secagg import KEY_BYTES, FixedPoint, PairwiseMasks, generate_keys, public_keys
+from meshlearn.privacy.secagg import (KEY_BYTES, FixedPoint, PairwiseMasks, aggregate_usable, expected_senders,
+                                      generate_keys, public_keys)
 from meshlearn.sharing.base import LinkInbox, Payload, Sharing
 
 __all__ = ["SecureAggregation", "SECAGG_METRICS"]
@@ -75,38 +81,56 @@ class SecureAggregation(Sharing):
     def share(self, nodes: NodeBatch, rnd: int, ctx) -> None:
         graph = ctx.graph(rnd)
         fixed = FixedPoint(self.ring_bits, self.fraction_bits, max_terms=max(2, int(graph.in_degree().max())))
-        inbox = ctx.exchange(nodes, {"masked": self.masked_messages(nodes, graph, rnd, fixed)}, rnd, per_link=True)
-        self.unmask(nodes, inbox, fixed)
+        departed = ctx.departed
+        payload = self.masked_messages(nodes, graph, rnd, fixed, departed)
+        self.unmask(nodes, ctx.exchange(nodes, payload, rnd, per_link=True), fixed, departed)
 
-    def masked_messages(self, nodes: NodeBatch, graph, rnd: int, fixed: FixedPoint) -> torch.Tensor:
+    def masked_messages(self, nodes: NodeBatch, graph, rnd: int, fixed: FixedPoint, departed=()) -> Payload:
         """One row per outgoing link of the local nodes (senders in order, receivers in
-        increasing id): the sender's weighted model in fixed point plus its pairwise mask."""
+        increasing id): the sender's weighted model in fixed point plus its pairwise mask,
+        and the digest of the sender set the mask cancels over."""
         size = nodes.params.shape[1]
         row_of = {int(node): row for row, node in enumerate(nodes.ids.tolist())}
         links = [(j, int(i)) for j in row_of for i in graph.receivers_of(j)]
-        out = torch.empty((len(links), size), dtype=fixed.dtype)
+        out = torch.zeros((len(links), size), dtype=fixed.dtype)
+        group = torch.zeros(len(links), dtype=torch.int64)
         position = {link: k for k, link in enumerate(links)}
         for i in sorted({i for _, i in links}):
-            senders = graph.senders_of(i).tolist()
-            masks = self.masks.receiver_masks(i, senders, rnd, size)
-            weights = dict(zip(senders, graph.weights.data[graph.weights.indptr[i]:graph.weights.indptr[i + 1]]))
-            for j, mask in masks.items():
+            weights = dict(zip(graph.senders_of(i).tolist(),
+                               graph.weights.data[graph.weights.indptr[i]:graph.weights.indptr[i + 1]]))
+            senders = sorted(expected_senders(weights, departed))
+            for j, mask in self.masks.receiver_masks(i, senders, rnd, size).items():
                 before = fixed.clipped
                 encoded = fixed.encode(nodes.params[row_of[j]], float(weights[j]))
                 self.clipped[j] += fixed.clipped - before
                 out[position[(j, i)]] = fixed.add(encoded, mask)
-        return out
+                group[position[(j, i)]] = _digest(senders)
+        return {"masked": out, "group": group}
 
-    def unmask(self, nodes: NodeBatch, inbox: LinkInbox, fixed: FixedPoint) -> None:
-        """x_i ← w_ii x_i + decode(ring sum of i's messages), where every message arrived;
-        receivers that missed one keep their model (abort rule)."""
-        masked = inbox.payload["masked"]
+    def unmask(self, nodes: NodeBatch, inbox: LinkInbox, fixed: FixedPoint, departed=()) -> None:
+        """x_i ← w_ii x_i + decode(ring sum of i's messages) where exactly the expected senders
+        delivered, all for the same sender set; other receivers keep their model (abort)."""
+        masked, group = inbox.payload["masked"], inbox.payload["group"]
         for row, node in enumerate(nodes.ids.tolist()):
             links = np.flatnonzero(inbox.rows == row)
-            if len(links) == 0:
+            expected = sorted(expected_senders(inbox.senders[links].tolist(), departed))
+            if not expected:
                 continue
-            if not inbox.received[links].all():
+            links = links[np.isin(inbox.senders[links], expected)]   # departed senders are ignored
+            got = links[inbox.received[links]]
+            if not aggregate_usable(expected, inbox.senders[got].tolist()) or \
+                    bool((group[torch.from_numpy(got)] != _digest(expected)).any()):
                 self.aborts[node] += 1
                 continue
-            total = fixed.decode(fixed.sum(masked[torch.from_numpy(links)]))
-            nodes.params[row] = nodes.params[row] * float(inbox.self_weight[row]) + total
+            total = fixed.decode(fixed.sum(masked[torch.from_numpy(got)]))
+            self_weight = float(inbox.self_weight[row])
+            mixed = nodes.params[row] * self_weight + total
+            if len(expected) < np.count_nonzero(inbox.rows == row):   # weights of departed senders are gone
+                mixed /= self_weight + float(inbox.weights[links].sum())
+            nodes.params[row] = mixed
+
+
+def _digest(senders: list[int]) -> int:
+    """A 64-bit digest of a sorted sender set (signed, to travel as int64)."""
+    raw = hashlib.blake2b(np.asarray(senders, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
