@@ -18,6 +18,7 @@ from meshlearn.engines import build_engine
 from meshlearn.evaluation import RoundReport, round_record
 from meshlearn.experiment import Experiment
 from meshlearn.metrics import peak_rss_bytes
+from meshlearn.privacy.secagg import KEY_BYTES
 from meshlearn.results import RunWriter
 
 __all__ = ["run_experiment"]
@@ -85,6 +86,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
             bytes_sent_per_node=float(report.bytes_sent.mean()) if report and len(report.nodes) else 0.0,
         )
         summary.setdefault("peak_rss_bytes", peak_rss_bytes())
+        if cfg.privacy.secagg is not None:   # the key directory: a public key up, every node's key down
+            summary["secagg_key_bytes"] = {"sent_per_node": KEY_BYTES, "received_per_node": KEY_BYTES * cfg.nodes}
         writer.write_json("summary.json", summary)
         if report is not None:
             writer.write_json("nodes_final.json", _final_nodes(experiment, report))

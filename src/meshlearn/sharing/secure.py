@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from meshlearn.nodes import NodeBatch
-from meshlearn.privacy.secagg import (KEY_BYTES, FixedPoint, PairwiseMasks, aggregate_usable, expected_senders,
+from meshlearn.privacy.secagg import (FixedPoint, PairwiseMasks, aggregate_usable, expected_senders,
                                       generate_keys, public_keys)
 from meshlearn.sharing.base import LinkInbox, Payload, Sharing
 
@@ -66,11 +66,6 @@ class SecureAggregation(Sharing):
     def node_metrics(self, ids: list[int]) -> dict[str, np.ndarray]:
         return {"secagg_aborts": np.array([self.aborts[i] for i in ids], dtype=np.int64),
                 "secagg_clipped": np.array([self.clipped[i] for i in ids], dtype=np.int64)}
-
-    @staticmethod
-    def key_bytes(num_nodes: int) -> int:
-        """Bytes of the key directory a node receives once: a public key per node."""
-        return KEY_BYTES * num_nodes
 
     def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
         raise NotImplementedError("secure aggregation sends a different message per receiver: use share()")
