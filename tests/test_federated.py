@@ -97,6 +97,15 @@ def test_server_weights_clients_by_sample_count(fraction):
         assert (server - models.mean(0)).abs().max().item() > 1e-4   # the plain mean would be wrong
 
 
+def test_clients_hold_the_shards_of_a_decentralized_run_with_one_node_less():
+    data = {"dataset": "digits", "partition": "shards", "shards_per_node": 2}
+    fl = Experiment.build(fl_config(nodes=9, data=data))
+    dl = Experiment.build(small_config(nodes=8, data=data))
+    assert len(fl.parts[SERVER]) == 0
+    for client, node in zip(fl.parts[1:], dl.parts, strict=True):
+        np.testing.assert_array_equal(client, node)
+
+
 # --------------------------------------------------------------------------- client sampling
 
 
@@ -271,3 +280,19 @@ def test_processes_match_sim_on_changing_graphs(topology):
     ours = records(reports)
     for a, b in zip(ours, records(sim_reports)):
         assert a["spectral_gap"] == b["spectral_gap"] and a["topology"] == b["topology"]
+
+
+def test_federated_runs_with_a_link_file(tmp_path):
+    """network.file rows are star edges; each of FedAvg's two exchanges uses the rows of its
+    own links (this used to fail: the server → clients graph is not the undirected star)."""
+    links = tmp_path / "links.csv"
+    links.write_text("src,dst,latency_ms\n0,1,200\n2,0,300\n")
+    cfg = fl_config(network={"file": str(links)})
+    sim = SimEngine(Experiment.build(cfg))
+    reports = [sim.step(rnd) for rnd in range(cfg.rounds + 1)]
+    # per round: the slowest message of the download (200 ms) plus that of the upload (300 ms)
+    last = reports[-1]
+    assert last.sim_time_s - last.wall_time_s == pytest.approx(0.5 * cfg.rounds)
+    links.write_text("src,dst,latency_ms\n1,2,5\n")   # clients never talk to each other
+    with pytest.raises(ValueError, match="not an edge"):
+        SimEngine(Experiment.build(cfg))

@@ -295,3 +295,21 @@ def test_round_records_report_the_round_graph(tmp_path):
                    tmp_path / "el")
     for r in read_jsonl(tmp_path / "el" / "rounds.jsonl"):
         assert r["topology"] == "epidemic(s=2)" and r["degree_mean"] == 2.0 and "spectral_gap" in r
+
+
+def test_schedule_phase_from_a_file(tmp_path):
+    """A later phase read from a graph file is used from its round on; a file whose node count
+    is not ``nodes`` fails before training (it used to crash the run when its phase began)."""
+    from meshlearn import topology
+
+    good, bad = tmp_path / "full8.edges", tmp_path / "ring6.edges"
+    topology.write_edge_list(topology.build("fully_connected", 8), good)
+    topology.write_edge_list(topology.build("ring", 6), bad)
+    exp = Experiment.build(small_config(topology={"kind": "ring", "schedule": [
+        {"from_round": 3, "kind": "file", "path": str(good)}]}))
+    assert exp.topology.graph(2).label == "ring" and exp.topology.graph(3).label == "file"
+    np.testing.assert_array_equal(exp.topology.graph(3).out_degree(), 7)
+    cfg = small_config(topology={"kind": "ring", "schedule": [
+        {"from_round": 2, "kind": "regular", "degree": 3}, {"from_round": 3, "kind": "file", "path": str(bad)}]})
+    with pytest.raises(ConfigError, match=r"topology\.schedule\[1\]\.path .* has 6 nodes but nodes = 8"):
+        Experiment.build(cfg)

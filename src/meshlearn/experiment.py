@@ -53,6 +53,8 @@ class Experiment:
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg))
+            for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
+                schedule.graph(phase.from_round)
             first = schedule.graph(1)
             graph = nx.from_scipy_sparse_array(first.weights + first.weights.T)
             graph.remove_edges_from(nx.selfloop_edges(graph))

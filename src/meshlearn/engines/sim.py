@@ -69,7 +69,12 @@ class LinkCache:
 
     def __init__(self, experiment: Experiment, size: int = 8):
         self.network, self.seed = experiment.config.network, experiment.config.seed
-        self.strict = experiment.topology.static
+        # rows of network.file must be edges of a static topology (checked once here); other
+        # graphs (changing ones, an algorithm's own such as FedAvg's server → sampled clients)
+        # take the rows of the links they have
+        self.static = experiment.topology.graph(1) if experiment.topology.static else None
+        if self.static is not None and self.network.file:
+            LinkModel(self.network, self.static.weights, self.seed, strict=True)
         self.size = size
         self._cache: dict[int, GraphLinks] = {}
 
@@ -78,7 +83,8 @@ class LinkCache:
         if links is None or links.graph is not graph:
             if len(self._cache) >= self.size:
                 self._cache.clear()
-            links = self._cache[id(graph)] = GraphLinks(graph, self.network, self.seed, self.strict)
+            links = GraphLinks(graph, self.network, self.seed, strict=graph is self.static)
+            self._cache[id(graph)] = links
         return links
 
 

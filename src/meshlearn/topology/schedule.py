@@ -184,5 +184,11 @@ class TopologySchedule:
         from meshlearn.topology.io import read_graph
 
         if phase.kind == "file":
-            return read_graph(phase.path)
+            G = read_graph(phase.path)
+            if G.number_of_nodes() != self.n:
+                where = next((f"topology.schedule[{k}]" for k, p in enumerate(self.cfg.topology.schedule)
+                              if p is phase), "topology")
+                raise ValueError(f"{where}.path = {phase.path!r} has {G.number_of_nodes()} nodes but "
+                                 f"nodes = {self.n}; make them agree")
+            return G
         return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.generator_params())
