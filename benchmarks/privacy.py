@@ -42,8 +42,9 @@ VARIANTS: dict[str, dict] = {
 def config(variant: str, nodes: int, rounds: int, root: str) -> dict:
     return {
         "name": variant, "seed": 1, "nodes": nodes, "rounds": rounds,
-        "data": {"dataset": "fashion-mnist", "root": root, "partition": "dirichlet", "alpha": 0.5},
-        "topology": {"kind": "regular", "degree": 5},
+        "data": {"dataset": "fashion-mnist", "root": root, "partition": "dirichlet",
+                 "partition_options": {"alpha": 0.5}},
+        "topology": {"kind": "regular", "options": {"degree": 5}},
         "model": {"name": "mlp", "options": {"hidden": [64]}},
         "training": {"local_steps": 10, "batch_size": 16, "lr": 0.05},
         "privacy": VARIANTS[variant],

@@ -30,7 +30,7 @@ def config(model: str, nodes: int) -> dict:
         "data": {"dataset": "synthetic", "partition": "iid",
                  "options": {"shape": [1, 28, 28], "num_classes": CLASSES.get(model, 10),
                              "train_samples": 64 * nodes, "test_samples": 100}},
-        "topology": {"kind": "regular", "degree": DEGREE},
+        "topology": {"kind": "regular", "options": {"degree": DEGREE}},
         "model": {"name": model},
         "training": {"local_steps": STEPS, "batch_size": BATCH, "lr": 0.01},
     }

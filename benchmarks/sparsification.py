@@ -48,10 +48,10 @@ BUDGET = 0.1
 
 SCHEMES: dict[str, dict] = {
     "full": {"name": "full"},
-    "random": {"name": "random", "fraction": BUDGET, "indices": "seed"},
-    "topk": {"name": "topk", "fraction": BUDGET, "error_feedback": True},
-    "topk-noef": {"name": "topk", "fraction": BUDGET, "error_feedback": False},
-    "choco": {"name": "choco", "gamma": 0.25, "compressor": {"name": "topk", "fraction": BUDGET}},
+    "random": {"name": "random", "options": {"fraction": BUDGET, "indices": "seed"}},
+    "topk": {"name": "topk", "options": {"fraction": BUDGET, "error_feedback": True}},
+    "topk-noef": {"name": "topk", "options": {"fraction": BUDGET, "error_feedback": False}},
+    "choco": {"name": "choco", "options": {"gamma": 0.25, "compressor": {"name": "topk", "options": {"fraction": BUDGET}}}},
     "quantize-u3": {"name": "quantize", "method": "uniform", "bits": 3, "bucket_size": 512},
     "quantize-qsgd3": {"name": "quantize", "method": "qsgd", "levels": 3, "bucket_size": 512},
 }
@@ -60,8 +60,9 @@ SCHEMES: dict[str, dict] = {
 def config(scheme: str, rounds: int, root: str) -> dict:
     return {
         "name": scheme, "seed": 1, "nodes": 64, "rounds": rounds,
-        "data": {"dataset": "fashion-mnist", "root": root, "partition": "shards", "shards_per_node": 2},
-        "topology": {"kind": "regular", "degree": 5, "weights": "metropolis_hastings"},
+        "data": {"dataset": "fashion-mnist", "root": root, "partition": "shards",
+                 "partition_options": {"shards_per_node": 2}},
+        "topology": {"kind": "regular", "options": {"degree": 5}, "weights": "metropolis_hastings"},
         "model": {"name": "mlp", "options": {"hidden": [64]}},
         "training": {"local_steps": 10, "batch_size": 16, "lr": 0.05},
         "sharing": SCHEMES[scheme],

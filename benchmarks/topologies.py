@@ -46,8 +46,8 @@ DEGREE = 5
 
 TOPOLOGIES: dict[str, dict] = {
     "ring": {"kind": "ring"},
-    "regular5": {"kind": "regular", "degree": DEGREE},
-    "dynamic5": {"kind": "regular", "degree": DEGREE, "dynamic": True},
+    "regular5": {"kind": "regular", "options": {"degree": DEGREE}},
+    "dynamic5": {"kind": "regular", "options": {"degree": DEGREE}, "dynamic": True},
     "epidemic5": {"kind": "epidemic", "peers": DEGREE},
     "fully": {"kind": "fully_connected"},
     "fedavg": {"kind": "star"},
@@ -58,14 +58,15 @@ def config(name: str, args: argparse.Namespace) -> dict:
     fedavg = name == "fedavg"
     cfg = {
         "name": name, "seed": 1, "nodes": args.nodes + fedavg, "rounds": args.rounds,
-        "data": {"dataset": "fashion-mnist", "root": args.root, "partition": "shards", "shards_per_node": 2},
+        "data": {"dataset": "fashion-mnist", "root": args.root, "partition": "shards",
+                 "partition_options": {"shards_per_node": 2}},
         "topology": TOPOLOGIES[name],
         "model": {"name": "mlp", "options": {"hidden": [64]}},
         "training": {"local_steps": 10, "batch_size": 16, "lr": 0.05},
         "evaluation": {"every": max(1, args.rounds // 30), "test_samples": 2000},
     }
     if fedavg:   # the server holds no data: its clients get the same shards as the decentralized nodes
-        cfg["algorithm"] = {"name": "fedavg", "client_fraction": args.fedavg_fraction}
+        cfg["algorithm"] = {"name": "fedavg", "options": {"client_fraction": args.fedavg_fraction}}
     if args.threads:
         cfg["engine"] = {"threads": args.threads}
     if args.quick:   # a smoke test: a slice of the data, a few rounds

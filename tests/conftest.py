@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from meshlearn.config import parse_config
+from meshlearn.config import (AlgorithmConfig, DataConfig, ModelConfig, SharingConfig, TopologyConfig, TrainingConfig,
+                              parse_config)
 
 
 @pytest.fixture(autouse=True)
@@ -13,20 +14,36 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
+# where a section keeps the options of the module it names
+_OPTIONS = {"data": "partition_options", "topology": "options", "training": "optimizer_options",
+            "algorithm": "options", "sharing": "options", "model": "options"}
+_SECTIONS = {"data": DataConfig, "topology": TopologyConfig, "training": TrainingConfig,
+             "algorithm": AlgorithmConfig, "sharing": SharingConfig, "model": ModelConfig}
+
+
 def small_config(**overrides):
-    """A seconds-long experiment on bundled digits; keyword overrides use section__key names."""
+    """A seconds-long experiment on bundled digits; keyword overrides use section__key names
+    (a key that is not a field of its section is one of the named module's options; None unsets)."""
     raw = {
         "name": "small", "seed": 3, "nodes": 8, "rounds": 3,
-        "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 1.0},
-        "topology": {"kind": "regular", "degree": 3},
+        "data": {"dataset": "digits", "partition": "dirichlet", "partition_options": {"alpha": 1.0}},
+        "topology": {"kind": "regular", "options": {"degree": 3}},
         "model": {"name": "mlp", "options": {"hidden": [16]}},
         "training": {"local_steps": 3, "batch_size": 8, "lr": 0.05},
         "evaluation": {"every": 1, "test_samples": 100},
     }
     for key, value in overrides.items():
         section, _, leaf = key.partition("__")
-        if leaf:
-            raw.setdefault(section, {})[leaf] = value
-        else:
+        if not leaf:
             raw[section] = value
+            continue
+        table = raw.setdefault(section, {})
+        if section in _OPTIONS and leaf not in _SECTIONS[section].model_fields:
+            table = table.setdefault(_OPTIONS[section], {})
+        if value is None:
+            table.pop(leaf, None)
+        else:
+            table[leaf] = value
+        if section in ("topology", "data") and leaf in ("kind", "partition"):
+            raw[section].pop(_OPTIONS[section], None)   # another module: its own options
     return parse_config(raw)

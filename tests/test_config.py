@@ -14,15 +14,17 @@ def test_quickstart_is_valid_and_round_trips(tmp_path):
     import tomli_w
 
     cfg = load_config(EXAMPLES / "quickstart.toml")
-    assert (cfg.nodes, cfg.topology.kind, cfg.topology.degree, cfg.data.partition) == (64, "regular", 4, "dirichlet")
+    assert (cfg.nodes, cfg.topology.kind, cfg.topology.options, cfg.data.partition) == \
+        (64, "regular", {"degree": 4}, "dirichlet")
     path = tmp_path / "resolved.toml"
     path.write_text(tomli_w.dumps(cfg.to_toml_dict()))
     assert load_config(path) == cfg
 
 
 @pytest.mark.parametrize("raw, key, hint", [
-    ({"nodes": 8, "topology": {"kind": "regular", "degree": 8}}, "topology.degree", "lower the degree"),
-    ({"nodes": 7, "topology": {"kind": "regular", "degree": 3}}, "topology.degree", "even"),
+    ({"nodes": 8, "topology": {"kind": "regular", "degree": 8}}, "topology.options.degree", "lower the degree"),
+    ({"nodes": 7, "topology": {"kind": "regular", "options": {"degree": 3}}}, "topology.options.degree", "even"),
+    ({"topology": {"kind": "ring", "options": {"degree": 3}}}, "topology.options.degree", "not an option"),
     ({"topology": {"kind": "hypercube"}}, "hypercube", "ring"),
     ({"trainig": {"lr": 0.1}}, "trainig", "unknown key"),
     ({"training": {"lr": "fast"}}, "training.lr", "number"),
@@ -31,11 +33,15 @@ def test_quickstart_is_valid_and_round_trips(tmp_path):
     ({"data": {"partition": "random"}}, "data.partition", "dirichlet"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset", "digits"),
     ({"data": {"dataset": "cifar10", "root": "/nonexistent"}}, "data.root", "cifar-10"),
-    ({"training": {"nesterov": True}}, "training.momentum", "> 0"),
+    ({"training": {"nesterov": True}}, "training.optimizer_options", "momentum > 0"),
+    ({"training": {"optimizer": "adam", "momentum": 0.9}}, "training.optimizer_options.momentum", "betas"),
+    ({"model": {"name": "mlp", "options": {"hiden": [8]}}}, "model.options.hiden", "hidden = [64]"),
+    ({"algorithm": {"name": "nowhere.rules:Median"}}, "algorithm.name", "could not be imported"),
+    ({"algorithm": {"name": "meshlearn.sharing:FullSharing"}}, "algorithm.name", "not a subclass"),
     ({"evaluation": {"nodes": 100}}, "evaluation.nodes", "0 for all"),
     ({"topology": {"kind": "file"}}, "topology.path", "topology.path"),
     ({"training": {"local_steps": 5, "local_epochs": 1}}, "training.local_epochs", "only one"),
-    ({"training": {"optimizer": "adam", "betas": [1.0, 0.9]}}, "training.betas", "[0, 1)"),
+    ({"training": {"optimizer": "adam", "betas": [1.0, 0.9]}}, "training.optimizer_options", "[0, 1)"),
     ({"sharing": {"name": "choco"}, "network": {"loss": 0.1}}, "sharing.name", "network.loss = 0"),
     ({"network": {"classes": {"slow": {"nodes": [99], "latency_ms": 5}}}}, "network.classes.slow", "outside"),
     ({"network": {"file": "/nonexistent.csv"}}, "network.file", "src,dst"),

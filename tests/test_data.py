@@ -81,9 +81,9 @@ def test_unknown_dataset_and_option():
         load("imagenet")
     with pytest.raises(ValueError, match="data.dataset"):
         check_available("imagenet")
-    with pytest.raises(ValueError, match="no option colour.*test_fraction"):
+    with pytest.raises(ValueError, match="data.options.colour is not an option.*test_fraction = 0.2"):
         load("digits", colour=True)
-    with pytest.raises(ValueError, match="data.limit_train"):
+    with pytest.raises(ValueError, match="data.options.limit_train"):
         load("digits", limit_train=-1)
     check_available("digits")
     assert {"digits", "mnist", "fashion-mnist", "cifar10", "leaf-femnist", "leaf-celeba",

@@ -102,21 +102,21 @@ def test_impossible_settings_name_the_key():
     labels = balanced_labels(2, 5)  # 10 samples
     with pytest.raises(ValueError, match="`nodes`"):
         partition(labels, 11, "iid", seed=0)
-    with pytest.raises(ValueError, match="data.shards_per_node"):
+    with pytest.raises(ValueError, match="data.partition_options.shards_per_node"):
         partition(labels, 4, "shards", seed=0, shards_per_node=3)
-    with pytest.raises(ValueError, match="data.shards_per_node"):
+    with pytest.raises(ValueError, match="data.partition_options.shards_per_node"):
         partition(labels, 4, "shards", seed=0, shards_per_node=0)
     with pytest.raises(ValueError, match="`nodes`"):
         partition(labels, 11, "dirichlet", seed=0)
-    with pytest.raises(ValueError, match="larger data.alpha or fewer `nodes`"):
+    with pytest.raises(ValueError, match="larger data.partition_options.alpha or fewer `nodes`"):
         partition(labels, 5, "dirichlet", seed=0, alpha=0.001, min_samples=2)
-    with pytest.raises(ValueError, match="data.alpha"):
+    with pytest.raises(ValueError, match="data.partition_options.alpha"):
         partition(labels, 2, "dirichlet", seed=0, alpha=0.0)
     with pytest.raises(ValueError, match="data.min_samples"):
         partition(labels, 2, "iid", seed=0, min_samples=6)
     with pytest.raises(ValueError, match="data.min_samples"):
         partition(labels, 2, "iid", seed=0, min_samples=0)
-    with pytest.raises(ValueError, match="data.partition.*iid, shards, dirichlet, natural"):
+    with pytest.raises(ValueError, match="data.partition = 'random' is unknown.*dirichlet, iid, natural, shards"):
         partition(labels, 2, "random", seed=0)
     with pytest.raises(ValueError, match="`nodes`"):
         partition(labels, 0, "iid", seed=0)

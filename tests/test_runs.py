@@ -10,7 +10,7 @@ from meshlearn.results import read_jsonl
 from meshlearn.runner import run_experiment
 
 QUICK = ["--set", "nodes=8", "--set", "rounds=4", "--set", "evaluation.every=2",
-         "--set", "topology.degree=3", "--set", "evaluation.test_samples=100", "--no-progress"]
+         "--set", "topology.options.degree=3", "--set", "evaluation.test_samples=100", "--no-progress"]
 
 
 def test_cli_run_writes_results_and_plot(tmp_path, capsys):
@@ -35,9 +35,9 @@ def test_cli_run_writes_results_and_plot(tmp_path, capsys):
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
-    assert main(["run", "examples/quickstart.toml", "--set", "topology.degree=64", "--no-progress"]) == 2
+    assert main(["run", "examples/quickstart.toml", "--set", "topology.options.degree=64", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "topology.degree" in err and "Traceback" not in err
+    assert "topology.options.degree" in err and "Traceback" not in err
 
 
 def test_same_seed_same_results(tmp_path):

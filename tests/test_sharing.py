@@ -100,7 +100,7 @@ def test_random_schemes_follow_the_experiment_seed(scheme):
     params = torch.randn(4, 500, generator=torch.Generator().manual_seed(0))
 
     def draws(seed):
-        scheme_s = sharing.build(cfg.sharing.name, seed=seed, **cfg.sharing.options())
+        scheme_s = cfg.sharing.build(seed=seed)
         nodes = NodeBatch(torch.arange(4), params.clone())
         scheme_s.setup(nodes)
         return {k: t for k, t in scheme_s.encode(nodes, 1).items() if k != "seed"}  # seeds differ trivially
@@ -303,7 +303,7 @@ def test_message_passing_workers_match_the_simulator(scheme):
     init = torch.randn(n, size, generator=torch.Generator().manual_seed(0))
 
     def build():
-        return sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
+        return cfg.sharing.build(seed=cfg.seed)
 
     one = NodeBatch(torch.arange(n), init.clone())
     single = build()
@@ -457,15 +457,19 @@ def test_qsgd_is_unbiased_and_uniform_is_within_half_a_step():
 
 
 @pytest.mark.parametrize("raw, hint", [
-    ({"name": "topk", "fraction": 0}, "sharing.fraction = 0.0 must be in (0, 1]"),
-    ({"name": "random", "fraction": 1.5}, "sharing.fraction = 1.5 must be in (0, 1]"),
-    ({"name": "topk", "gamma": 0.5}, "sharing.gamma is an option of sharing.name = 'choco'"),
-    ({"name": "full", "fraction": 0.1}, "sharing.fraction is an option of sharing.name = 'random' or 'topk'"),
-    ({"name": "choco", "gamma": 1.5}, "sharing.gamma = 1.5 must be in (0, 1]"),
-    ({"name": "choco", "compressor": {"name": "topk", "bits": 4}}, "sharing.compressor.bits is an option"),
-    ({"name": "quantize", "bits": 4}, "sharing.bits is an option of sharing.method = 'uniform'"),
-    ({"name": "quantize", "levels": 200}, "sharing.levels = 200 must be an integer in 1..127"),
-    ({"name": "quantize", "method": "uniform", "bits": 9}, "sharing.bits = 9 must be an integer in 1..8"),
+    ({"name": "topk", "fraction": 0}, "sharing.options.fraction = 0: Input should be greater than 0"),
+    ({"name": "random", "options": {"fraction": 1.5}}, "sharing.options.fraction = 1.5: Input should be less"),
+    ({"name": "topk", "gamma": 0.5}, "sharing.options.gamma is not an option of sharing.name = 'topk'; its "
+                                     "options: fraction = 0.1, error_feedback = False"),
+    ({"name": "full", "options": {"fraction": 0.1}}, "sharing.options.fraction is not an option"),
+    ({"name": "choco", "gamma": 1.5}, "sharing.options.gamma = 1.5: Input should be less than or equal to 1"),
+    ({"name": "choco", "compressor": {"name": "topk", "bits": 4}},
+     "sharing.options.compressor.options.bits is not an option of sharing.options.compressor = 'topk'"),
+    ({"name": "choco", "options": {"compressor": "gzip"}}, "sharing.options.compressor = 'gzip' is unknown"),
+    ({"name": "quantize", "levels": 200}, "sharing.options.levels = 200: Input should be less than or equal to 127"),
+    ({"name": "quantize", "method": "uniform", "bits": 9}, "sharing.options.bits = 9"),
+    ({"name": "quantize", "method": "exact"}, "sharing.options.method = 'exact': Input should be 'qsgd' or"),
+    ({"name": "topk", "fraction": 0.2, "options": {"fraction": 0.1}}, "keep only options.fraction"),
     ({"name": "topk", "compression": "gzip"}, "sharing.compression"),
     ({"name": "sparse"}, "sharing.name"),
 ])
@@ -477,7 +481,7 @@ def test_invalid_sharing_options_name_the_key(raw, hint):
 
 def test_defaults_are_filled_in_and_the_resolved_config_reloads():
     cfg = parse_config({"sharing": {"name": "choco"}}, check_files=False)
-    assert cfg.sharing.options() == {"gamma": cfg.sharing.gamma, "compressor": {"name": "topk", "fraction": 0.1}}
+    assert cfg.sharing.options == {"gamma": 0.2, "compressor": {"name": "topk", "options": {"fraction": 0.1}}}
     again = parse_config(cfg.to_toml_dict(), check_files=False)
     assert again == cfg
     assert parse_config({}, check_files=False).sharing.name == "full"

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from meshlearn import plugins
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,36 +38,117 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _move_legacy(raw: Any, keys: tuple[str, ...], into: str) -> Any:
+    """Old configs gave a module's options as keys of its section; they now live in one
+    table (``into``). Moving them keeps old configs working; they are checked there. A key
+    given both ways is refused rather than one of them silently winning."""
+    if not isinstance(raw, dict) or not any(key in raw for key in keys):
+        return raw
+    raw = dict(raw)
+    table = raw.get(into)
+    moved = dict(table) if isinstance(table, dict) else {}
+    for key in keys:
+        if key not in raw:
+            continue
+        value = raw.pop(key)
+        if value is None:   # unset, as old configs wrote it
+            continue
+        if key in moved and moved[key] != value:
+            raise ValueError(f"{key} is given twice, as {key} = {value!r} and {into}.{key} = {moved[key]!r}: "
+                             f"keep only {into}.{key}")
+        moved[key] = value
+    raw[into] = moved
+    return raw
+
+
+class _Module(_Section):
+    """A section naming one implementation of a module family (``name``: a built-in name or
+    an import path) and its ``options``, checked against the implementation's signature."""
+
+    FAMILY: ClassVar[str]
+    WHERE: ClassVar[str]
+    LEGACY: ClassVar[tuple[str, ...]] = ()   # options that old configs wrote as keys of the section
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the implementation")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, raw: Any) -> Any:
+        return _move_legacy(raw, cls.LEGACY, "options")
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "_Module":
+        object.__setattr__(self, "name", plugins.absolute_spec(self.name))
+        object.__setattr__(self, "options", plugins.check_options(self.FAMILY, self.name, self.options,
+                                                                  f"{self.WHERE}.options"))
+        return self
+
+    def implementation(self) -> Any:
+        """The class (or function) that ``name`` refers to."""
+        return plugins.resolve(self.FAMILY, self.name)
+
+
 class DataConfig(_Section):
-    dataset: str = "digits"
+    dataset: str = Field("digits", description="built-in dataset name or import path of a loader function")
     root: str | None = Field(None, description="folder with the dataset files (default: the loader's search path)")
-    partition: Literal["iid", "shards", "dirichlet", "natural"] = "dirichlet"
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: small = more non-IID")
-    shards_per_node: int = Field(2, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loader "
+                                    "(and limit_train / limit_test: keep the first k samples)")
+    partition: str = Field("dirichlet", description="built-in partitioner name or import path")
+    partition_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the "
+                                              "partitioner")
     min_samples: int = Field(1, ge=1, description="fewest training samples any node may get")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra loader options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, raw: Any) -> Any:
+        return _move_legacy(raw, ("alpha", "shards_per_node"), "partition_options")
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "DataConfig":
+        object.__setattr__(self, "dataset", plugins.absolute_spec(self.dataset))
+        object.__setattr__(self, "partition", plugins.absolute_spec(self.partition))
+        from meshlearn.data import datasets
+
+        object.__setattr__(self, "options", datasets.check_options(self.dataset, self.options))
+        object.__setattr__(self, "partition_options", plugins.check_options(
+            "partitioner", self.partition, self.partition_options, "data.partition_options"))
+        return self
+
+
+_GENERATED_ELSEWHERE = ("file", "epidemic")   # kinds that are not graph generators
 
 
 class GraphConfig(_Section):
-    """One communication graph: a generator and its parameters, or a file, and the weights."""
+    """One communication graph: a generator (``kind``) and its ``options``, or a file, and the weights."""
 
-    kind: str = "regular"
-    degree: int | None = 4
-    p: float | None = None
-    k: int | None = None
-    rows: int | None = None
+    kind: str = Field("regular", description="built-in generator name, import path, 'file' or 'epidemic'")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the generator")
     path: str | None = Field(None, description="edge-list or adjacency-list file (kind = 'file')")
     weights: Literal["metropolis_hastings", "uniform", "max_degree"] = "metropolis_hastings"
     dynamic: bool = Field(False, description="re-draw the (random) graph every round from (seed, round)")
     peers: int | None = Field(None, ge=1, description="kind = 'epidemic': nodes each node pushes to per round")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, raw: Any) -> Any:
+        return _move_legacy(raw, ("degree", "p", "k", "rows"), "options")
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "GraphConfig":
+        if self.kind in _GENERATED_ELSEWHERE:
+            if self.options:
+                raise ValueError(f"topology.options apply to graph generators, not kind = {self.kind!r}; remove "
+                                 f"{', '.join('topology.options.' + k for k in self.options)}")
+            return self
+        object.__setattr__(self, "kind", plugins.absolute_spec(self.kind))
+        object.__setattr__(self, "options", plugins.check_options("topology", self.kind, self.options,
+                                                                  "topology.options"))
+        return self
+
     def generator_params(self) -> dict[str, Any]:
-        """Only the parameters the chosen generator takes."""
-        wanted = {
-            "regular": ("degree",), "erdos_renyi": ("p",), "watts_strogatz": ("k", "p"),
-            "torus": ("rows",), "grid": ("rows",),
-        }.get(self.kind, ())
-        return {key: getattr(self, key) for key in wanted if getattr(self, key) is not None}
+        """The generator's options (defaults filled in)."""
+        return dict(self.options)
 
     def check(self, nodes: int, where: str = "topology") -> None:
         """Reject impossible settings, naming the key."""
@@ -84,11 +167,11 @@ class GraphConfig(_Section):
             if not Path(self.path).is_file():
                 raise ValueError(f"{where}.path = {self.path!r} does not exist; "
                                  "write one with 'meshlearn topology generate ... -o FILE'")
-        else:
+        elif self.kind in topology.TOPOLOGIES:
             try:
                 topology.check_params(self.kind, nodes, **self.generator_params())
             except ValueError as exc:
-                raise ValueError(str(exc).replace("topology.", f"{where}.")) from None
+                raise ValueError(str(exc).replace("topology.", f"{where}.options.")) from None
         if self.peers is not None and self.kind != "epidemic":
             raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic'; remove it")
 
@@ -104,9 +187,10 @@ class TopologyConfig(GraphConfig):
     final_average: bool = Field(False, description="average all models globally in the last round")
 
 
-class ModelConfig(_Section):
-    name: str = "mlp"
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model class")
+class ModelConfig(_Module):
+    FAMILY, WHERE = "model", "model"
+
+    name: str = Field("mlp", description="built-in model name or import path of an nn.Module class")
     same_init: bool = Field(True, description="all nodes start from the same initial model")
 
 
@@ -114,20 +198,15 @@ class TrainingConfig(_Section):
     local_steps: int | None = Field(10, ge=1)
     local_epochs: float | None = Field(None, gt=0)
     batch_size: int = Field(16, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    lr: float = Field(0.05, gt=0, description="learning rate of the local optimizer")
+    optimizer: str = Field("sgd", description="built-in optimizer name or import path")
+    optimizer_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the "
+                                              "optimizer (momentum, betas...)")
 
-    @field_validator("betas")
+    @model_validator(mode="before")
     @classmethod
-    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"training.betas = {list(betas)}: each must be in [0, 1)")
-        return betas
+    def _legacy_options(cls, raw: Any) -> Any:
+        return _move_legacy(raw, ("momentum", "nesterov", "weight_decay", "betas", "eps"), "optimizer_options")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainingConfig":
@@ -135,42 +214,27 @@ class TrainingConfig(_Section):
             if "local_steps" in self.model_fields_set and self.local_steps is not None:
                 raise ValueError("set only one of training.local_steps and training.local_epochs")
             object.__setattr__(self, "local_steps", None)
-        if self.optimizer == "adam" and self.momentum:
-            raise ValueError("training.momentum applies to optimizer = 'sgd'; Adam uses training.betas")
         if self.local_steps is None and self.local_epochs is None:
             raise ValueError("set training.local_steps or training.local_epochs")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("training.nesterov = true needs training.momentum > 0")
+        object.__setattr__(self, "optimizer", plugins.absolute_spec(self.optimizer))
+        options = plugins.check_options("optimizer", self.optimizer, self.optimizer_options,
+                                        "training.optimizer_options")
+        object.__setattr__(self, "optimizer_options", options)
+        try:   # cross-option rules live in the constructor (it is cheap: no state yet)
+            plugins.build("optimizer", self.optimizer, options, lr=self.lr)
+        except ValueError as exc:
+            raise ValueError(f"training.optimizer_options: {exc}") from None
         return self
 
 
-SERVER_ALGORITHMS = ("fedavg", "parameter_server")
-ASYNC_ALGORITHMS = ("gossip", "adpsgd")
+class AlgorithmConfig(_Module):
+    """What nodes do each round: D-PSGD, a federated server on a star, asynchronous gossip,
+    or the user's own ``Algorithm`` subclass."""
 
+    FAMILY, WHERE = "algorithm", "algorithm"
+    LEGACY = ("client_fraction", "server_lr", "server_momentum")
 
-class AlgorithmConfig(_Section):
-    """What nodes do each round: D-PSGD, a federated server on a star, or asynchronous gossip."""
-
-    name: Literal["dpsgd", "fedavg", "parameter_server", "gossip", "adpsgd"] = "dpsgd"
-    client_fraction: float | None = Field(None, gt=0, le=1, description="fedavg/parameter_server: share of "
-                                          "the clients sampled each round (default 1)")
-    server_lr: float | None = Field(None, gt=0, description="parameter_server: step size of the averaged update")
-    server_momentum: float | None = Field(None, ge=0, lt=1, description="parameter_server: momentum of the "
-                                          "server's update")
-
-    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
-        "dpsgd": {}, "gossip": {}, "adpsgd": {},
-        "fedavg": {"client_fraction": 1.0},
-        "parameter_server": {"client_fraction": 1.0, "server_lr": 1.0, "server_momentum": 0.0},
-    }
-
-    @model_validator(mode="after")
-    def _options(self) -> "AlgorithmConfig":
-        _scheme_options(self, "algorithm", self.OPTIONS, self.name)
-        return self
-
-    def options(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.OPTIONS[self.name]}
+    name: str = Field("dpsgd", description="built-in algorithm name or import path of an Algorithm subclass")
 
 
 class ComputeConfig(_Section):
@@ -236,107 +300,23 @@ class PrivacyConfig(_Section):
     secagg: SecAggConfig | None = Field(None, description="secure aggregation among neighbours")
 
 
-def _scheme_options(section: BaseModel, where: str, defaults: dict[str, dict[str, Any]], name: str) -> None:
-    """Refuse options of another scheme and fill in this scheme's defaults, so that the resolved
-    config lists exactly the options in effect (and reloads to the same config)."""
-    applies = defaults[name]
-    for key in type(section).model_fields:
-        if key in ("name", "compression"):
-            continue
-        value = getattr(section, key)
-        if key not in applies:
-            if value is not None:
-                owners = " or ".join(repr(n) for n, opts in defaults.items() if key in opts)
-                raise ValueError(f"{where}.{key} is an option of {where}.name = {owners}, not {name!r}; "
-                                 f"remove it or change {where}.name")
-        elif value is None:
-            default = applies[key]
-            object.__setattr__(section, key, default() if callable(default) else default)
+class SharingConfig(_Module):
+    """What nodes send (``name``) and that scheme's ``options``; ``compression`` is a lossless
+    stage every message goes through, whatever the scheme."""
 
+    FAMILY, WHERE = "sharing", "sharing"
+    LEGACY = ("fraction", "indices", "error_feedback", "gamma", "compressor", "method", "levels", "bits",
+              "bucket_size")
 
-_RULES: dict[str, tuple[Any, str]] = {
-    "fraction": (lambda v: 0 < v <= 1, "must be in (0, 1]: the share of the parameters sent each round"),
-    "levels": (lambda v: 1 <= v <= 127,
-               "must be an integer in 1..127 (QSGD levels per sign: 2·levels+1 codes, e.g. 7 → 4 bits)"),
-    "bits": (lambda v: 1 <= v <= 8, "must be an integer in 1..8 (uniform quantization to 2**bits values)"),
-    "bucket_size": (lambda v: v >= 0, "must be ≥ 0 (coordinates that share one scale; 0 = the whole model)"),
-    "gamma": (lambda v: 0 < v <= 1,
-              "must be in (0, 1]: CHOCO's consensus step size (1 with compressor 'identity' is D-PSGD)"),
-}
-
-
-def _check_values(section: BaseModel, where: str) -> None:
-    for key, (ok, rule) in _RULES.items():
-        value = getattr(section, key, None)
-        if value is not None and not ok(value):
-            raise ValueError(f"{where}.{key} = {value!r} {rule}")
-
-
-class CompressorConfig(_Section):
-    """The compressor Q of CHOCO-SGD, applied to x − x̂ (``[sharing.compressor]``)."""
-
-    name: Literal["identity", "topk", "randomk", "qsgd", "uniform"] = "topk"
-    fraction: float | None = Field(None, description="topk/randomk: share of the coordinates sent")
-    indices: Literal["seed", "explicit"] | None = Field(None, description="randomk: send a seed or the indices")
-    levels: int | None = Field(None, description="qsgd: quantization levels per sign")
-    bits: int | None = Field(None, description="uniform: bits per coordinate")
-    bucket_size: int | None = Field(None, description="qsgd/uniform: coordinates per scale (0 = all)")
-
-    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
-        "identity": {},
-        "topk": {"fraction": 0.1},
-        "randomk": {"fraction": 0.1, "indices": "seed"},
-        "qsgd": {"levels": 7, "bucket_size": 512},
-        "uniform": {"bits": 8, "bucket_size": 512},
-    }
-
-    @model_validator(mode="after")
-    def _options(self) -> "CompressorConfig":
-        _check_values(self, "sharing.compressor")
-        _scheme_options(self, "sharing.compressor", self.OPTIONS, self.name)
-        return self
-
-    def options(self) -> dict[str, Any]:
-        return {"name": self.name, **{key: getattr(self, key) for key in self.OPTIONS[self.name]}}
-
-
-class SharingConfig(_Section):
-    """What nodes send (``name``) and that scheme's options; see README, "Sharing schemes"."""
-
-    name: Literal["full", "random", "topk", "choco", "quantize"] = "full"
-    fraction: float | None = Field(None, description="random/topk: share of the parameters sent each round")
-    indices: Literal["seed", "explicit"] | None = Field(
-        None, description="random: send a seed (receivers regenerate the indices) or the indices")
-    error_feedback: bool | None = Field(None, description="topk: accumulate unsent changes (residual)")
-    gamma: float | None = Field(None, description="choco: consensus step size in (0, 1]")
-    compressor: CompressorConfig | None = Field(None, description="choco: the compressor of x − x̂")
-    method: Literal["qsgd", "uniform"] | None = Field(None, description="quantize: QSGD or uniform")
-    levels: int | None = Field(None, description="quantize (qsgd): levels per sign")
-    bits: int | None = Field(None, description="quantize (uniform): bits per coordinate")
-    bucket_size: int | None = Field(None, description="quantize: coordinates per scale (0 = all)")
+    name: str = Field("full", description="built-in sharing scheme or import path of a Sharing subclass")
     compression: Literal["none", "zstd", "lz4"] = Field("none", description="lossless stage on every message")
 
-    OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
-        "full": {},
-        "random": {"fraction": 0.1, "indices": "seed"},
-        "topk": {"fraction": 0.1, "error_feedback": False},
-        "choco": {"gamma": 0.2, "compressor": CompressorConfig},
-        "quantize": {"method": "qsgd", "levels": 7, "bits": 8, "bucket_size": 512},
-    }
-
     @model_validator(mode="after")
-    def _options(self) -> "SharingConfig":
-        _check_values(self, "sharing")
-        options = self.OPTIONS
-        if self.name == "quantize":  # levels belong to qsgd, bits to uniform
-            method = self.method or "qsgd"
-            mine, other = ("levels", "bits") if method == "qsgd" else ("bits", "levels")
-            if getattr(self, other) is not None:
-                raise ValueError(f"sharing.{other} is an option of sharing.method = "
-                                 f"{'uniform' if method == 'qsgd' else 'qsgd'!r}, not {method!r}; "
-                                 f"use sharing.{mine} or change sharing.method")
-            options = {**options, "quantize": {k: v for k, v in options["quantize"].items() if k != other}}
-        _scheme_options(self, "sharing", options, self.name)
+    def _scheme_builds(self) -> "SharingConfig":
+        try:   # cross-option rules live in the constructor (it is cheap: no state yet)
+            self.build(seed=0)
+        except ValueError as exc:
+            raise ValueError(f"sharing.options: {exc}") from None
         if self.compression != "none":
             from meshlearn import wire
 
@@ -346,12 +326,8 @@ class SharingConfig(_Section):
                 raise ValueError(f"sharing.compression = {self.compression!r}: {exc}") from None
         return self
 
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments of the scheme's class (``sharing.build``)."""
-        out = {key: getattr(self, key) for key in self.OPTIONS[self.name] if getattr(self, key) is not None}
-        if self.compressor is not None:
-            out["compressor"] = self.compressor.options()
-        return out
+    def build(self, seed: int):
+        return plugins.build("sharing", self.name, self.options, seed=seed)
 
 
 class EvaluationConfig(_Section):
@@ -421,6 +397,16 @@ class ExperimentConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    import_paths: list[str] = Field(default_factory=list, description="folders importable by plug-ins "
+                                    "(default: the config file's folder and the working directory)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _importable(cls, raw: Any) -> Any:
+        """Plug-ins named by import path must import while the sections are checked."""
+        if isinstance(raw, dict) and isinstance(raw.get("import_paths"), list):
+            plugins.add_import_paths(str(p) for p in raw["import_paths"])
+        return raw
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
@@ -432,41 +418,19 @@ class ExperimentConfig(_Section):
                              "give each phase its own from_round")
         for k, phase in enumerate(topo.schedule):
             phase.check(self.nodes, f"topology.schedule[{k}]")
-        algo = self.algorithm.name
-        if algo in SERVER_ALGORITHMS:
-            if topo.kind != "star" or topo.schedule or topo.dynamic or topo.final_average:
-                raise ValueError(f"algorithm.name = {algo!r} runs a server (node 0) and its clients on a star: "
-                                 "set topology.kind = 'star' with no schedule")
-            if self.nodes < 2:
-                raise ValueError(f"algorithm.name = {algo!r} needs nodes >= 2 (a server and a client)")
-            allowed = ("full", "quantize") if algo == "fedavg" else ("full",)
-            if self.sharing.name not in allowed:
-                raise ValueError(f"algorithm.name = {algo!r} sends whole models (or updates) to and from the "
-                                 f"server: use sharing.name = {' or '.join(map(repr, allowed))}")
-        if algo in ASYNC_ALGORITHMS:
-            if self.engine.name != "sim":
-                raise ValueError(f"algorithm.name = {algo!r} is asynchronous and runs on engine.name = 'sim' "
-                                 "(its event-driven clock); use a synchronous algorithm on other engines")
-            if topo.schedule or topo.final_average or topo.dynamic or topo.kind == "epidemic":
-                raise ValueError(f"algorithm.name = {algo!r} gossips over a fixed graph: remove the topology "
-                                 "schedule, dynamic and final_average settings")
         for name, cls in self.network.classes.items():
             bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
             if bad:
                 raise ValueError(f"network.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
-        lossy = self.network.loss > 0 or any((c.loss or 0) > 0 for c in self.network.classes.values())
-        if self.sharing.name == "choco" and lossy:
-            raise ValueError("sharing.name = 'choco' needs every message to arrive (sender and receivers keep "
-                             "copies of each other's public models); set network.loss = 0 and no lossy "
-                             "classes, or use another sharing scheme")
-        if self.sharing.name == "choco" and (topo.schedule or topo.dynamic or topo.final_average
-                                             or topo.kind == "epidemic"):
-            raise ValueError("sharing.name = 'choco' keeps a running sum of its fixed neighbours' public "
-                             "copies, so it needs a static topology: remove topology.dynamic, schedule, "
-                             "final_average and kind = 'epidemic', or use another sharing scheme")
-        if self.privacy.secagg is not None and (self.sharing.name != "full" or algo != "dpsgd"):
-            raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set sharing.name = 'full' "
-                             "and algorithm.name = 'dpsgd', or remove [privacy.secagg]")
+        # what the chosen modules need is known to their classes (subclasses inherit it)
+        self.algorithm.implementation().check_config(self)
+        self.sharing.implementation().check_config(self)
+        if self.privacy.secagg is not None:
+            from meshlearn.sharing import FullSharing
+
+            if self.sharing.implementation() is not FullSharing:   # secure aggregation replaces the scheme
+                raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set sharing.name = 'full', "
+                                 "or remove [privacy.secagg]")
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")
@@ -486,10 +450,21 @@ class ExperimentConfig(_Section):
         return _drop_none(self.model_dump(mode="json"))
 
 
-def parse_config(raw: dict[str, Any], *, check_files: bool = True) -> ExperimentConfig:
-    """Validate a config dict; raise ConfigError with one line per problem."""
+def parse_config(raw: dict[str, Any], *, check_files: bool = True,
+                 folder: str | Path | None = None) -> ExperimentConfig:
+    """Validate a config dict; raise ConfigError with one line per problem.
+
+    ``folder`` is where the config file lives: ``"file.py:Name"`` plug-ins are relative to
+    it, and it (with the working directory) is importable unless ``import_paths`` says otherwise.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config is a table of sections, got {type(raw).__name__}")
+    if "import_paths" not in raw:
+        raw = {**raw, "import_paths": list(dict.fromkeys(
+            str(Path(p).resolve()) for p in ([folder] if folder is not None else []) + [Path.cwd()]))}
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        with plugins.config_folder(folder):
+            cfg = ExperimentConfig.model_validate(raw)
         if check_files:
             cfg.check_data_available()
     except ValidationError as exc:
@@ -509,7 +484,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, check_f
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     raw = apply_overrides(raw, overrides or [])
-    return parse_config(raw, check_files=check_files)
+    return parse_config(raw, check_files=check_files, folder=path.resolve().parent)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

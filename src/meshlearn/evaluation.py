@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from meshlearn import metrics
-from meshlearn.config import SERVER_ALGORITHMS
 
 __all__ = ["Evaluator", "RoundReport", "round_record"]
 
@@ -35,7 +34,7 @@ class Evaluator:
         self.node_ids = (np.sort(node_rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
                          else np.arange(n))
         # in federated learning the model is the server's: clients hold stale local copies
-        self.server_only = experiment.config.algorithm.name in SERVER_ALGORITHMS
+        self.server_only = experiment.config.algorithm.implementation().server
         if self.server_only:
             self.node_ids = np.array([0])
         m = len(ds.y_test)

@@ -17,8 +17,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from meshlearn import algorithms, data, models, sharing, topology
-from meshlearn.config import SERVER_ALGORITHMS, ConfigError, ExperimentConfig
+from meshlearn import algorithms, data, models, plugins, topology
+from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import ParamLayout
 from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.training import LocalTrainer, default_batching, node_rng
@@ -46,10 +46,10 @@ class Experiment:
             if len(dataset.y_test) == 0:
                 raise ValueError(f"data.dataset = {cfg.data.dataset!r} has no test samples; "
                                  "raise data.options.limit_test")
-            server = cfg.algorithm.name in SERVER_ALGORITHMS   # node 0 serves and holds no data
+            server = cfg.algorithm.implementation().server   # node 0 serves and holds no data
             parts = data.partition(dataset.y_train, cfg.nodes - server, cfg.data.partition, cfg.seed,
-                                   alpha=cfg.data.alpha, shards_per_node=cfg.data.shards_per_node,
-                                   users=dataset.users_train, min_samples=cfg.data.min_samples)
+                                   users=dataset.users_train, min_samples=cfg.data.min_samples,
+                                   **cfg.data.partition_options)
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg))
@@ -99,8 +99,8 @@ class Experiment:
 
             scheme = SecureAggregation(cfg.seed, cfg.privacy.secagg.ring_bits, cfg.privacy.secagg.fraction_bits)
         else:
-            scheme = sharing.build(cfg.sharing.name, seed=cfg.seed, **cfg.sharing.options())
-        return algorithms.build(cfg.algorithm.name, scheme, **cfg.algorithm.options())
+            scheme = cfg.sharing.build(seed=cfg.seed)
+        return plugins.build("algorithm", cfg.algorithm.name, cfg.algorithm.options, sharing=scheme)
 
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:

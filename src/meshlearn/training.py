@@ -17,17 +17,20 @@ With ``privacy.dp`` set, each step instead computes per-sample gradients (``vmap
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from meshlearn import plugins
 from meshlearn.config import DPConfig, TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
 
-__all__ = ["BatchSampler", "Optimizer", "LocalTrainer", "default_batching", "local_steps", "node_rng"]
+__all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps", "node_rng"]
 
 # Batched training per model, chosen by measurement (benchmarks/sim_scaling.py):
 # batched (vmap) convolutions and LSTMs are slower than running their plain kernels
@@ -87,68 +90,113 @@ class BatchSampler:
 
 
 class Optimizer:
-    """torch.optim's SGD (momentum, Nesterov, weight decay) and Adam on stacked nodes.
+    """A local update rule on stacked nodes (the ``optimizer`` family).
 
-    Parameters and state are (B, P) rows; updates run as ``torch._foreach_*`` ops on the
-    per-parameter views of those rows, as torch.optim's foreach path does, so no gradient
-    is copied into a flat buffer.
+    Parameters and state are (B, P) rows; ``update`` changes the rows in place from
+    per-parameter gradients, typically with ``torch._foreach_*`` ops on the per-parameter views
+    of those rows (``views``), as torch.optim's foreach path does, so no gradient is copied
+    into a flat buffer. Options are the keyword arguments of ``__init__`` after ``lr``.
     """
 
-    def __init__(self, cfg: TrainingConfig, layout: ParamLayout):
-        self.cfg = cfg
+    def __init__(self, lr: float):
+        self.lr = lr
+        self.layout: ParamLayout | None = None
+
+    def setup(self, layout: ParamLayout) -> None:
         self.layout = layout
 
     def init_state(self, nodes: NodeBatch) -> None:
-        cfg, params = self.cfg, nodes.params
-        if cfg.optimizer == "sgd" and cfg.momentum > 0:
-            nodes.state["momentum_buffer"] = torch.zeros_like(params)
-        elif cfg.optimizer == "adam":
-            nodes.state["exp_avg"] = torch.zeros_like(params)
-            nodes.state["exp_avg_sq"] = torch.zeros_like(params)
-            nodes.state["adam_step"] = torch.zeros(len(nodes), dtype=torch.float64)
+        """Create per-node optimizer state (leading dimension B) in ``nodes.state``."""
 
-    def _views(self, rows: torch.Tensor) -> list[torch.Tensor]:
+    def views(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views (c, *shape) of (c, P) rows."""
         return list(self.layout.views(rows).values())
+
+    def update(self, params: torch.Tensor, grads: list[torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+        """Update the (c, P) rows ``params`` and their ``state`` in place."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, params: torch.Tensor, grads: list[torch.Tensor], state: dict[str, torch.Tensor],
              active: torch.Tensor | None = None) -> None:
-        """Update the (c, P) rows ``params`` in place from per-parameter gradients (c, *shape).
-
-        Rows where ``active`` is False keep their parameters and state (nodes that already
-        finished their local epochs this round).
-        """
+        """``update``, except that rows where ``active`` is False keep their parameters and
+        state (nodes that already finished their local epochs this round)."""
         keep = None if active is None or bool(active.all()) else ~active
         if keep is not None:
             saved = {"params": params[keep], **{k: v[keep] for k, v in state.items()}}  # copies
-        cfg, p = self.cfg, self._views(params)
-        if cfg.weight_decay:
-            grads = torch._foreach_add(grads, p, alpha=cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            if cfg.momentum > 0:
-                buf = self._views(state["momentum_buffer"])
-                torch._foreach_mul_(buf, cfg.momentum)
-                torch._foreach_add_(buf, grads)
-                grads = torch._foreach_add(grads, buf, alpha=cfg.momentum) if cfg.nesterov else buf
-            torch._foreach_add_(p, grads, alpha=-cfg.lr)
-        else:
-            beta1, beta2 = cfg.betas
-            step = state["adam_step"]
-            step += 1
-            exp_avg, exp_avg_sq = self._views(state["exp_avg"]), self._views(state["exp_avg_sq"])
-            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sq, beta2)
-            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-            step_size = (cfg.lr / (1 - beta1 ** step)).to(params.dtype)
-            bias2_sqrt = (1 - beta2 ** step).sqrt().to(params.dtype)
-            for param, avg, avg_sq in zip(p, exp_avg, exp_avg_sq):
-                shape = (-1,) + (1,) * (param.dim() - 1)
-                denom = (avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(cfg.eps)
-                param.sub_(avg / denom * step_size.view(shape))
+        self.update(params, grads, state)
         if keep is not None:
             params[keep] = saved.pop("params")
             for key, value in saved.items():
                 state[key][keep] = value
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD's rule: weight decay, momentum, Nesterov."""
+
+    def __init__(self, lr: float,
+                 momentum: Annotated[float, Field(ge=0, lt=1, description="heavy-ball momentum")] = 0.0,
+                 nesterov: Annotated[bool, Field(description="Nesterov momentum (needs momentum > 0)")] = False,
+                 weight_decay: Annotated[float, Field(ge=0, description="L2 penalty")] = 0.0):
+        super().__init__(lr)
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov = true needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+
+    def init_state(self, nodes: NodeBatch) -> None:
+        if self.momentum > 0:
+            nodes.state["momentum_buffer"] = torch.zeros_like(nodes.params)
+
+    def update(self, params, grads, state) -> None:
+        p = self.views(params)
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, p, alpha=self.weight_decay)
+        if self.momentum > 0:
+            buf = self.views(state["momentum_buffer"])
+            torch._foreach_mul_(buf, self.momentum)
+            torch._foreach_add_(buf, grads)
+            grads = torch._foreach_add(grads, buf, alpha=self.momentum) if self.nesterov else buf
+        torch._foreach_add_(p, grads, alpha=-self.lr)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam's rule (L2 weight decay, bias correction)."""
+
+    def __init__(self, lr: float,
+                 betas: Annotated[tuple[float, float], Field(description="decay rates of the moment estimates, "
+                                                             "each in [0, 1)")] = (0.9, 0.999),
+                 eps: Annotated[float, Field(gt=0, description="added to the denominator")] = 1e-8,
+                 weight_decay: Annotated[float, Field(ge=0, description="L2 penalty")] = 0.0):
+        super().__init__(lr)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas = {list(betas)}: each must be in [0, 1)")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+
+    def init_state(self, nodes: NodeBatch) -> None:
+        nodes.state["exp_avg"] = torch.zeros_like(nodes.params)
+        nodes.state["exp_avg_sq"] = torch.zeros_like(nodes.params)
+        nodes.state["adam_step"] = torch.zeros(len(nodes), dtype=torch.float64)
+
+    def update(self, params, grads, state) -> None:
+        p = self.views(params)
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, p, alpha=self.weight_decay)
+        beta1, beta2 = self.betas
+        step = state["adam_step"]
+        step += 1
+        exp_avg, exp_avg_sq = self.views(state["exp_avg"]), self.views(state["exp_avg_sq"])
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+        step_size = (self.lr / (1 - beta1 ** step)).to(params.dtype)
+        bias2_sqrt = (1 - beta2 ** step).sqrt().to(params.dtype)
+        for param, avg, avg_sq in zip(p, exp_avg, exp_avg_sq):
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            denom = (avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(self.eps)
+            param.sub_(avg / denom * step_size.view(shape))
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
 
 
 class LocalTrainer:
@@ -164,7 +212,8 @@ class LocalTrainer:
         self.x_train, self.y_train = x_train, y_train
         self.batching = batching
         self.chunk_size = max(1, chunk_size)
-        self.optimizer = Optimizer(cfg, layout)
+        self.optimizer = plugins.build("optimizer", cfg.optimizer, cfg.optimizer_options, lr=cfg.lr)
+        self.optimizer.setup(layout)
         parts = {node: idx for node, idx in parts.items() if len(idx)}  # a server holds no data
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
                          for node, idx in parts.items()}

@@ -11,7 +11,7 @@ algorithms are written once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -48,14 +48,41 @@ class RoundContext(Protocol):
 
 
 class Algorithm(ABC):
-    """A decentralized-learning algorithm: what every node does in a round."""
+    """A decentralized-learning algorithm: what every node does in a round.
+
+    Its options are the keyword arguments of ``__init__`` after ``sharing`` (the configured
+    sharing scheme, passed by the framework). What the algorithm *is* lives in class
+    attributes that engines and config checks ask, so a subclass behaves like its parent.
+    """
 
     name: str = ""
+    server: ClassVar[bool] = False
+    """Node 0 is a server on a star: it holds no data, and only its model is evaluated."""
+    asynchronous: ClassVar[bool] = False
+    """Nodes act on events of a virtual clock, not in rounds (``AsyncAlgorithm``)."""
 
-    def __init__(self, sharing: Sharing, **options):
+    def __init__(self, sharing: Sharing):
         self.sharing = sharing
-        if options:
-            raise ValueError(f"algorithm {self.name!r} takes no options, got {sorted(options)}")
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse an ``ExperimentConfig`` this algorithm cannot run, naming the key to change."""
+        topo, what = cfg.topology, f"algorithm.name = {cfg.algorithm.name!r}"
+        if cls.server:
+            if topo.kind != "star" or topo.schedule or topo.dynamic or topo.final_average:
+                raise ValueError(f"{what} runs a server (node 0) and its clients on a star: "
+                                 "set topology.kind = 'star' with no schedule")
+            if cfg.nodes < 2:
+                raise ValueError(f"{what} needs nodes >= 2 (a server and a client)")
+            if not cfg.sharing.implementation().dense:
+                raise ValueError(f"{what} sends whole models to and from the server: use a sharing scheme "
+                                 "that sends whole models, e.g. sharing.name = 'full' or 'quantize'")
+        if cfg.privacy.secagg is not None and not cls.supports_secagg:
+            raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set algorithm.name = "
+                             "'dpsgd', or remove [privacy.secagg]")
+
+    supports_secagg: ClassVar[bool] = False
+    """Its exchanges can be secure aggregation's masked, per-link messages (D-PSGD)."""
 
     def setup(self, nodes: NodeBatch, experiment) -> None:
         """Create per-node state; ``experiment`` tells the data sizes and the graph."""

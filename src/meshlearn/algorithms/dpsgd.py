@@ -12,6 +12,7 @@ class DPSGD(Algorithm):
     """Train locally, send the model (through the sharing scheme), aggregate what arrives."""
 
     name = "dpsgd"
+    supports_secagg = True
 
     def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
         loss = ctx.train(nodes)

@@ -9,8 +9,11 @@ train, and they send back to the server, which weighs them by their sample count
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field
 
 from meshlearn.algorithms.base import Algorithm, RoundContext
 from meshlearn.nodes import NodeBatch
@@ -28,8 +31,11 @@ class FedAvg(Algorithm):
     and the server replaces it by their average weighted by sample count."""
 
     name = "fedavg"
+    server = True
 
-    def __init__(self, sharing: Sharing, client_fraction: float = 1.0):
+    def __init__(self, sharing: Sharing,
+                 client_fraction: Annotated[float, Field(gt=0, le=1, description="share of the clients "
+                                                         "sampled each round")] = 1.0):
         super().__init__(sharing)
         self.client_fraction = client_fraction
 
@@ -86,10 +92,23 @@ class ParameterServer(FedAvg):
 
     name = "parameter_server"
 
-    def __init__(self, sharing: Sharing, client_fraction: float = 1.0, server_lr: float = 1.0,
-                 server_momentum: float = 0.0):
+    def __init__(self, sharing: Sharing,
+                 client_fraction: Annotated[float, Field(gt=0, le=1, description="share of the clients "
+                                                         "sampled each round")] = 1.0,
+                 server_lr: Annotated[float, Field(gt=0, description="step size of the averaged update")] = 1.0,
+                 server_momentum: Annotated[float, Field(ge=0, lt=1, description="momentum of the server's "
+                                                         "update")] = 0.0):
         super().__init__(sharing, client_fraction)
         self.server_lr, self.server_momentum = server_lr, server_momentum
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        from meshlearn.sharing import FullSharing
+
+        if not issubclass(cfg.sharing.implementation(), FullSharing):   # it sends raw updates
+            raise ValueError(f"algorithm.name = {cfg.algorithm.name!r} sends model updates to the server: "
+                             "use sharing.name = 'full'")
 
     def setup(self, nodes: NodeBatch, experiment) -> None:
         super().setup(nodes, experiment)

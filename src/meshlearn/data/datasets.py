@@ -9,7 +9,6 @@ expected and how to obtain it.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,17 +105,35 @@ DATASETS: dict[str, Loader] = {}
 
 
 def _get(name: str) -> Loader:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown data.dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}"
-        ) from None
+    """The loader of a built-in name, or of a user's function given by import path (a
+    callable ``(root=None, **options) -> Dataset``, with an optional ``check(root)``)."""
+    from meshlearn import plugins
+
+    entry = plugins.resolve("dataset", name)
+    if isinstance(entry, Loader):
+        return entry
+    return Loader(entry, getattr(entry, "check", _no_files), plugins.summary(entry))
 
 
 def check_available(name: str, root: str | None = None) -> None:
     """Raise ``FileNotFoundError`` (with where/how-to-get) unless ``name`` can be loaded from ``root``."""
     _get(name).check(root)
+
+
+LIMITS = ("limit_train", "limit_test")   # options of every dataset: keep the first k samples of a split
+
+
+def check_options(name: str, options: dict, loader: Loader | None = None) -> dict:
+    """The loader's options checked against its signature (defaults filled in), plus the
+    ``limit_train`` / ``limit_test`` every dataset takes; errors name ``data.options.KEY``."""
+    from meshlearn import plugins
+
+    limits = {key: options[key] for key in LIMITS if key in options}
+    for key, value in limits.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise ValueError(f"data.options.{key} must be a non-negative integer or unset, got {value!r}")
+    rest = {key: value for key, value in options.items() if key not in LIMITS}
+    return {**plugins.check_options("dataset", name, rest, "data.options", obj=loader or _get(name)), **limits}
 
 
 def load(name: str, root: str | None = None, **options) -> Dataset:
@@ -127,17 +144,12 @@ def load(name: str, root: str | None = None, **options) -> Dataset:
     for digits, ``vocab_size``/``seq_len`` for leaf-sent140).
     """
     loader = _get(name)
+    options = check_options(name, options, loader)
     limit_train = options.pop("limit_train", None)
     limit_test = options.pop("limit_test", None)
-    accepted = [p for p in inspect.signature(loader.load).parameters if p != "root"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        valid = ", ".join(["limit_train", "limit_test", *accepted])
-        raise ValueError(f"data.dataset {name!r} has no option {', '.join(unknown)}; valid options: {valid}")
-    for key, value in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
-            raise ValueError(f"data.{key} must be a non-negative integer or unset, got {value!r}")
     data = loader.load(root, **options)
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data.dataset = {name!r} returned {type(data).__name__}, not a meshlearn.data.Dataset")
     if limit_train is not None:
         data.x_train, data.y_train = data.x_train[:limit_train], data.y_train[:limit_train]
         if data.users_train is not None:

@@ -9,15 +9,19 @@ and returns, per node, a sorted ``int64`` index array into the training set.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+
+from meshlearn import plugins
 
 __all__ = ["partition", "PARTITIONS", "label_histogram"]
 
 _DIRICHLET_TRIES = 100
 
 
-def _iid(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, **_: object) -> list[np.ndarray]:
+def iid(labels: np.ndarray, num_nodes: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle, then cut into near-equal parts (sizes differ by at most one)."""
     n = len(labels)
     if num_nodes > n:
@@ -28,8 +32,9 @@ def _iid(labels: np.ndarray, num_nodes: int, rng: np.random.Generator, **_: obje
     return np.array_split(rng.permutation(n), num_nodes)
 
 
-def _shards(
-    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, shards_per_node: int, **_: object
+def shards(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
+    shards_per_node: Annotated[int, Field(ge=1, description="label shards dealt to each node")] = 2,
 ) -> list[np.ndarray]:
     """McMahan et al. (2017): sort by label, cut into equal shards, deal shards_per_node to each node.
 
@@ -37,14 +42,14 @@ def _shards(
     random, rather than inherited from the file order.
     """
     if shards_per_node < 1:
-        raise ValueError(f"data.shards_per_node must be >= 1, got {shards_per_node}")
+        raise ValueError(f"data.partition_options.shards_per_node must be >= 1, got {shards_per_node}")
     n = len(labels)
     total = num_nodes * shards_per_node
     if total > n:
         raise ValueError(
-            f"data.partition = 'shards': {num_nodes} nodes x data.shards_per_node = {shards_per_node} "
+            f"data.partition = 'shards': {num_nodes} nodes x data.partition_options.shards_per_node = {shards_per_node} "
             f"needs {total} shards but there are only {n} training samples; "
-            "lower data.shards_per_node or `nodes`"
+            "lower data.partition_options.shards_per_node or `nodes`"
         )
     shuffled = rng.permutation(n)
     by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
@@ -53,9 +58,10 @@ def _shards(
     return [np.concatenate([shards[s] for s in row]) for row in order]
 
 
-def _dirichlet(
-    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, alpha: float, min_samples: int,
-    seed: int, **_: object
+def dirichlet(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *,
+    alpha: Annotated[float, Field(gt=0, description="Dirichlet concentration: small = more non-IID")] = 0.5,
+    min_samples: int = 1, seed: int = 0,
 ) -> list[np.ndarray]:
     """Hsu et al. (2019): for each class, node shares ~ Dir(alpha); small alpha = few classes per node.
 
@@ -63,7 +69,7 @@ def _dirichlet(
     seed derived from ``(seed, attempt)``, a bounded number of times.
     """
     if not alpha > 0:
-        raise ValueError(f"data.alpha must be > 0 for data.partition = 'dirichlet', got {alpha}")
+        raise ValueError(f"data.partition_options.alpha must be > 0 for data.partition = 'dirichlet', got {alpha}")
     n = len(labels)
     if num_nodes * min_samples > n:
         raise ValueError(
@@ -84,14 +90,14 @@ def _dirichlet(
         if min(len(p) for p in result) >= min_samples:
             return result
     raise ValueError(
-        f"data.partition = 'dirichlet' with data.alpha = {alpha} left some node with fewer than "
+        f"data.partition = 'dirichlet' with data.partition_options.alpha = {alpha} left some node with fewer than "
         f"{min_samples} samples in {_DIRICHLET_TRIES} draws ({num_nodes} nodes, {n} samples); "
-        "use a larger data.alpha or fewer `nodes`"
+        "use a larger data.partition_options.alpha or fewer `nodes`"
     )
 
 
-def _natural(
-    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, users: np.ndarray | None, **_: object
+def natural(
+    labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, users: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """One LEAF user (writer, speaker, account) per node: the federated split the data came with."""
     if users is None:
@@ -112,10 +118,10 @@ def _natural(
 
 
 PARTITIONS: dict[str, Callable[..., list[np.ndarray]]] = {
-    "iid": _iid,
-    "shards": _shards,
-    "dirichlet": _dirichlet,
-    "natural": _natural,
+    "iid": iid,
+    "shards": shards,
+    "dirichlet": dirichlet,
+    "natural": natural,
 }
 
 
@@ -125,12 +131,15 @@ def partition(
     method: str,
     seed: int,
     *,
-    alpha: float = 0.5,
-    shards_per_node: int = 2,
     users: np.ndarray | None = None,
     min_samples: int = 1,
+    **options: object,
 ) -> list[np.ndarray]:
-    """Per-node sorted int64 indices into the training set, by ``method`` (see ``PARTITIONS``).
+    """Per-node sorted int64 indices into the training set, by ``method`` (a built-in name of
+    ``PARTITIONS`` or an import path) with its ``options``.
+
+    A partitioner is a function ``(labels, num_nodes, rng, **options)`` returning one index
+    array per node; it may also take ``users``, ``seed`` and ``min_samples``.
 
     ``natural`` with fewer nodes than users keeps the first ``num_nodes`` users, so
     the node set does not depend on ``seed``. Raises ``ValueError`` naming the
@@ -143,17 +152,19 @@ def partition(
         raise ValueError(f"`nodes` must be >= 1, got {num_nodes}")
     if min_samples < 1:
         raise ValueError(f"data.min_samples must be >= 1 (no node may be left without data), got {min_samples}")
-    try:
-        scheme = PARTITIONS[method]
-    except KeyError:
-        raise ValueError(
-            f"unknown data.partition {method!r}; valid names: {', '.join(PARTITIONS)}"
-        ) from None
     rng = np.random.default_rng(seed)
-    parts = scheme(
-        labels, num_nodes, rng, alpha=alpha, shards_per_node=shards_per_node, users=users,
-        min_samples=min_samples, seed=seed,
-    )
+    parts = plugins.build("partitioner", method, options, labels=labels, num_nodes=num_nodes, rng=rng, users=users,
+                          min_samples=min_samples, seed=seed)
+    if not isinstance(parts, (list, tuple)) or len(parts) != num_nodes:
+        raise ValueError(f"data.partition = {method!r} returned {type(parts).__name__} "
+                         f"{'of length ' + str(len(parts)) if hasattr(parts, '__len__') else ''}; "
+                         f"a partitioner returns a list of {num_nodes} index arrays (one per node)")
+    parts = [np.asarray(p) for p in parts]
+    bad = [node for node, p in enumerate(parts) if p.ndim != 1 or p.dtype.kind not in "iu"
+           or (len(p) and (p.min() < 0 or p.max() >= len(labels)))]
+    if bad:
+        raise ValueError(f"data.partition = {method!r} gave node {bad[0]} something other than integer indices "
+                         f"into the {len(labels)} training samples")
     parts = [np.sort(p).astype(np.int64) for p in parts]
     smallest = min(len(p) for p in parts)
     if smallest < min_samples:

@@ -8,7 +8,6 @@ Every engine offers the same small interface to the runner: ``start()``, then
 
 from __future__ import annotations
 
-from meshlearn.config import ASYNC_ALGORITHMS
 from meshlearn.engines.asynchronous import AsyncSimEngine
 from meshlearn.engines.sim import SimEngine
 
@@ -20,7 +19,7 @@ def build_engine(name: str, experiment, run_id: str, **options):
     if name == "sim":
         if options:
             raise ValueError(f"engine 'sim' takes no options, got {sorted(options)}")
-        if experiment.config.algorithm.name in ASYNC_ALGORITHMS:  # an event-driven clock, no rounds
+        if experiment.config.algorithm.implementation().asynchronous:  # an event-driven clock, no rounds
             return AsyncSimEngine(experiment, run_id)
         return SimEngine(experiment, run_id)
     if name in ("processes", "ray"):

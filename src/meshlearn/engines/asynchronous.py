@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from meshlearn.config import ComputeConfig, ConfigError
+from meshlearn.config import ComputeConfig
 from meshlearn.engines.sim import GraphLinks, evaluate_if_due, header_base_bytes, payload_bytes
 from meshlearn.evaluation import Evaluator, RoundReport
 from meshlearn.experiment import Experiment
@@ -76,12 +76,9 @@ class AsyncSimEngine:
 
     def __init__(self, experiment: Experiment, run_id: str = "sim"):
         cfg = experiment.config
-        if cfg.sharing.name != "full":
-            raise ConfigError(f"algorithm.name = {cfg.algorithm.name!r} exchanges whole models: "
-                              "set sharing.name = 'full'")
         self.experiment = experiment
         self.run_id = run_id
-        self.gossip = cfg.algorithm.name == "gossip"   # else adpsgd
+        self.gossip = not experiment.make_algorithm().pairwise   # else adpsgd
         self.codec = cfg.sharing.compression
         n = experiment.num_nodes
         ids = list(range(n))

@@ -40,11 +40,8 @@ class ReferenceDPSGD:
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.cfg
-        if c.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=c.lr, betas=c.betas, eps=c.eps,
-                                    weight_decay=c.weight_decay)
-        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
-                               nesterov=c.nesterov, weight_decay=c.weight_decay)
+        rule = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[c.optimizer]   # the built-ins' torch twins
+        return rule(model.parameters(), lr=c.lr, **c.optimizer_options)
 
     def train_node(self, node: int) -> None:
         model, opt = self.models[node], self.optimizers[node]

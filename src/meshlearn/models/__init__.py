@@ -8,7 +8,6 @@ per-node engines. ``build`` also accepts any module by import path
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -124,21 +123,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    """Instantiate a registered model or ``"pkg.module:Class"``; the class gets
-    ``(input_shape, num_classes, **kwargs)``."""
-    if name in MODELS:
-        factory = MODELS[name]
-    elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"model.name = {name!r} could not be imported ({exc}); "
-                             "give an importable 'package.module:ClassName'") from exc
-    else:
-        raise ValueError(f"model.name = {name!r} is unknown; use one of {sorted(MODELS)} "
-                         "or an import path 'package.module:ClassName'")
-    return factory(tuple(input_shape), num_classes, **kwargs)
+    """Instantiate a registered model or ``"pkg.module:Class"`` / ``"file.py:Class"``; the
+    class gets ``(input_shape, num_classes, **kwargs)``."""
+    from meshlearn import plugins
+
+    return plugins.build("model", name, kwargs, input_shape=tuple(input_shape), num_classes=num_classes)
 
 
 def num_parameters(model: nn.Module) -> int:

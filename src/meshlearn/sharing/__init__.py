@@ -14,10 +14,10 @@ SHARINGS: dict[str, type[Sharing]] = {
 
 
 def build(name: str, seed: int = 0, **options) -> Sharing:
-    """The scheme ``name`` with its options (``SharingConfig.options()``) and the experiment seed."""
-    if name not in SHARINGS:
-        raise ValueError(f"sharing.name = {name!r} is unknown; use one of {sorted(SHARINGS)}")
-    return SHARINGS[name](seed=seed, **options)
+    """The scheme ``name`` (built-in or import path) with its options and the experiment seed."""
+    from meshlearn import plugins
+
+    return plugins.build("sharing", name, options, seed=seed)
 
 
 __all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "PartialSharing", "partial_average",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -62,9 +63,28 @@ class Sharing(ABC):
     """
 
     name: str = ""
+    dense: ClassVar[bool] = False
+    """Every message carries a whole model (possibly quantized): servers can use it."""
+    reliable_links: ClassVar[bool] = False
+    """Needs every message to arrive (sender and receivers keep copies of each other's state)."""
+    static_graph: ClassVar[bool] = False
+    """Needs the same neighbours every round."""
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse an ``ExperimentConfig`` this scheme cannot run, naming the key to change."""
+        what, topo, net = f"sharing.name = {cfg.sharing.name!r}", cfg.topology, cfg.network
+        if cls.reliable_links and (net.loss > 0 or any((c.loss or 0) > 0 for c in net.classes.values())):
+            raise ValueError(f"{what} needs every message to arrive (sender and receivers keep copies of each "
+                             "other's public models); set network.loss = 0 and no lossy classes, or use another "
+                             "sharing scheme")
+        if cls.static_graph and (topo.schedule or topo.dynamic or topo.final_average or topo.kind == "epidemic"):
+            raise ValueError(f"{what} keeps state about its fixed neighbours, so it needs a static topology: "
+                             "remove topology.dynamic, schedule, final_average and kind = 'epidemic', or use "
+                             "another sharing scheme")
 
     def setup(self, nodes: NodeBatch) -> None:
         """Create per-node sharing state (e.g. public copies) in ``nodes.state``."""

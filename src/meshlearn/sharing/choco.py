@@ -14,11 +14,14 @@ leaves the copies of x̂_j out of step for good).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
+from meshlearn import plugins
 from meshlearn.nodes import NodeBatch
+from meshlearn.plugins import ModuleOf, Spec
 from meshlearn.sharing import compressors
 from meshlearn.sharing.base import Inbox, Payload, Sharing
 
@@ -27,16 +30,24 @@ class ChocoSharing(Sharing):
     """CHOCO-SGD's gossip step with a pluggable compressor (identity, topk, randomk, qsgd, uniform)."""
 
     name = "choco"
+    reliable_links = True
+    static_graph = True
 
-    def __init__(self, gamma: float = 0.2, compressor: dict[str, Any] | None = None, seed: int = 0):
+    def __init__(self, gamma: Annotated[float, Field(gt=0, le=1, description="consensus step size (1 with "
+                                                     "compressor 'identity' is D-PSGD)")] = 0.2,
+                 compressor: Annotated[Spec, ModuleOf("compressor"), Field(
+                     description="the compressor Q of x − x̂: a name or {name, options}")] = Spec("topk"),
+                 seed: int = 0):
         super().__init__(seed)
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma = {gamma} must be in (0, 1]")
         self.gamma = gamma
-        options = dict(compressor or {"name": "topk", "fraction": 0.1})
-        if options.get("name") == "qsgd":
+        spec = compressor if isinstance(compressor, Spec) else Spec(**plugins.check_module(
+            "compressor", compressor, "sharing.options.compressor"))
+        options = dict(spec.options)
+        if issubclass(plugins.resolve("compressor", spec.name), compressors.QSGD):
             options["scaled"] = True  # CHOCO needs a contraction: QSGD divided by τ
-        self.compressor = compressors.build(seed=seed, **options)
+        self.compressor = plugins.build("compressor", spec.name, options, seed=seed)
 
     def setup(self, nodes: NodeBatch) -> None:
         self.compressor.setup(nodes.params.shape[1])

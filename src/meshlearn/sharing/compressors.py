@@ -17,9 +17,11 @@ list (int16 when the model has at most 2**15 parameters, else int32) or a bitmas
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from meshlearn.sharing.base import Payload
 from meshlearn.wire import MessageError
@@ -168,7 +170,7 @@ class _Sparsifier(Compressor):
     """k = fraction·P coordinates per node: their values and their support."""
 
 
-    def __init__(self, fraction: float = 0.1, seed: int = 0):
+    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the coordinates sent")] = 0.1, seed: int = 0):
         super().__init__(seed)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction = {fraction} must be in (0, 1]")
@@ -226,7 +228,10 @@ class RandomK(_Sparsifier):
 
     name = "randomk"
 
-    def __init__(self, fraction: float = 0.1, indices: str = "seed", seed: int = 0):
+    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the coordinates sent")] = 0.1,
+                 indices: Annotated[Literal["seed", "explicit"], Field(
+                     description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
+                 seed: int = 0):
         super().__init__(fraction, seed)
         if indices not in ("seed", "explicit"):
             raise ValueError(f"indices = {indices!r} must be 'seed' or 'explicit'")
@@ -258,7 +263,7 @@ class RandomK(_Sparsifier):
 class _Bucketed(Compressor):
     """Quantizers with one scale per bucket of ``bucket_size`` coordinates (0: one bucket)."""
 
-    def __init__(self, bucket_size: int = 512, seed: int = 0):
+    def __init__(self, bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0):
         super().__init__(seed)
         if bucket_size < 0:
             raise ValueError(f"bucket_size = {bucket_size} must be ≥ 0")
@@ -291,7 +296,9 @@ class QSGD(_Bucketed):
 
     name = "qsgd"
 
-    def __init__(self, levels: int = 7, bucket_size: int = 512, seed: int = 0, scaled: bool = False):
+    def __init__(self, levels: Annotated[int, Field(ge=1, le=127, description="levels per sign")] = 7,
+                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0,
+                 scaled: Annotated[bool, Field(description="divide by τ: a contraction (CHOCO-SGD)")] = False):
         super().__init__(bucket_size, seed)
         if not 1 <= levels <= 127:
             raise ValueError(f"levels = {levels} must be in 1..127")
@@ -338,7 +345,8 @@ class Uniform(_Bucketed):
 
     name = "uniform"
 
-    def __init__(self, bits: int = 8, bucket_size: int = 512, seed: int = 0):
+    def __init__(self, bits: Annotated[int, Field(ge=1, le=8, description="bits per coordinate")] = 8,
+                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0):
         super().__init__(bucket_size, seed)
         if not 1 <= bits <= 8:
             raise ValueError(f"bits = {bits} must be in 1..8")
@@ -370,7 +378,7 @@ COMPRESSORS: dict[str, type[Compressor]] = {
 
 
 def build(name: str, seed: int = 0, **options) -> Compressor:
-    """The compressor ``name`` (``CompressorConfig.options()``); ``seed`` drives its randomness."""
-    if name not in COMPRESSORS:
-        raise ValueError(f"compressor {name!r} is unknown; use one of {sorted(COMPRESSORS)}")
-    return COMPRESSORS[name](seed=seed, **options)
+    """The compressor ``name`` (built-in or import path); ``seed`` drives its randomness."""
+    from meshlearn import plugins
+
+    return plugins.build("compressor", name, options, seed=seed)

@@ -10,6 +10,7 @@ class FullSharing(Sharing):
     """x_i ← w_ii x_i + Σ_j w_ij x_j, the D-PSGD averaging step."""
 
     name = "full"
+    dense = True
 
     def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
         return {"params": nodes.params}  # a view: nothing is copied until a transport needs it

@@ -9,6 +9,10 @@ quantize model differences instead.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from pydantic import Field
+
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, Payload, Sharing, dense_average
 from meshlearn.sharing.compressors import QSGD, Uniform
@@ -18,8 +22,14 @@ class QuantizeSharing(Sharing):
     """x_i ← w_ii x_i + Σ_j w_ij Q(x_j)."""
 
     name = "quantize"
+    dense = True
 
-    def __init__(self, method: str = "qsgd", levels: int = 7, bits: int = 8, bucket_size: int = 512,
+    def __init__(self, method: Annotated[Literal["qsgd", "uniform"], Field(description="QSGD or uniform")] = "qsgd",
+                 levels: Annotated[int, Field(ge=1, le=127, description="qsgd: levels per sign (2·levels+1 "
+                                              "codes, e.g. 7 → 4 bits)")] = 7,
+                 bits: Annotated[int, Field(ge=1, le=8, description="uniform: bits per coordinate")] = 8,
+                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = the whole "
+                                                   "model)")] = 512,
                  seed: int = 0):
         super().__init__(seed)
         if method == "qsgd":

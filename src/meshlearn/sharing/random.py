@@ -8,7 +8,10 @@ needs no shared generator. Both give the same models; only the bytes differ.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import PartialSharing, Payload
@@ -20,7 +23,10 @@ class RandomSharing(PartialSharing):
 
     name = "random"
 
-    def __init__(self, fraction: float = 0.1, indices: str = "seed", seed: int = 0):
+    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the parameters sent each round")] = 0.1,
+                 indices: Annotated[Literal["seed", "explicit"], Field(
+                     description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
+                 seed: int = 0):
         super().__init__(seed)
         self.sampler = RandomK(fraction, indices, seed)
 

@@ -8,7 +8,10 @@ keeps accumulating (the residual) until it is large enough to be sent.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, PartialSharing, Payload
@@ -20,7 +23,9 @@ class TopKSharing(PartialSharing):
 
     name = "topk"
 
-    def __init__(self, fraction: float = 0.1, error_feedback: bool = False, seed: int = 0):
+    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the parameters sent each round")] = 0.1,
+                 error_feedback: Annotated[bool, Field(description="accumulate unsent changes (residual)")] = False,
+                 seed: int = 0):
         super().__init__(seed)
         self.sparsifier = TopK(fraction, seed)
         self.error_feedback = error_feedback

@@ -105,7 +105,7 @@ def grid(n: int, rows: int | None = None) -> nx.Graph:
     return _lattice(n, rows, periodic=False)
 
 
-def regular(n: int, degree: int, seed: int | None = 0) -> nx.Graph:
+def regular(n: int, degree: int = 4, seed: int | None = 0) -> nx.Graph:
     """Uniformly random connected ``degree``-regular graph.
 
     Disconnected draws are discarded and redrawn with seeds derived from ``seed``,
@@ -240,7 +240,8 @@ def check_params(kind: str, n: int, **params: Any) -> None:
     """
     if kind not in TOPOLOGIES:
         raise ValueError(
-            f"topology.kind = {kind!r} is unknown; choose one of: {', '.join(TOPOLOGIES)}"
+            f"topology.kind = {kind!r} is unknown; choose one of: {', '.join(TOPOLOGIES)} "
+            "or give a generator by import path 'package.module:function'"
         )
     unknown = sorted(set(params) - set(_KNOWN_PARAMS))
     if unknown:
@@ -308,7 +309,19 @@ def check_params(kind: str, n: int, **params: Any) -> None:
 
 
 def build(kind: str, n: int, seed: int | None = 0, **params: Any) -> nx.Graph:
-    """Validate with :func:`check_params`, then generate; ``seed`` only matters for random kinds."""
+    """Validate with :func:`check_params`, then generate; ``seed`` only matters for random kinds.
+
+    ``kind`` may also be a user's generator by import path: a function ``(n, **options)``
+    (taking ``seed`` too if it is random) that returns a networkx graph on nodes 0..n-1.
+    """
+    if kind not in TOPOLOGIES and ":" in kind:
+        from meshlearn import plugins
+
+        G = plugins.build("topology", kind, params, n=n, seed=seed)
+        if not isinstance(G, nx.Graph) or set(G.nodes) != set(range(n)):
+            raise ValueError(f"topology.kind = {kind!r} must return a networkx graph on nodes 0..{n - 1}, "
+                             f"got {type(G).__name__} with {getattr(G, 'number_of_nodes', lambda: '?')()} nodes")
+        return _relabel_sorted(nx.Graph(G))
     check_params(kind, n, **params)
     accepted, _ = _PARAMS[kind]
     kwargs = {key: value for key, value in params.items() if value is not None and key in accepted}
