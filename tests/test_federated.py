@@ -20,7 +20,9 @@ from meshlearn.evaluation import Evaluator
 from meshlearn.experiment import Experiment
 from meshlearn.results import read_jsonl
 from meshlearn.runner import run_experiment
-from meshlearn.training import BatchSampler, node_rng
+from meshlearn import streams
+from meshlearn.streams import Stream
+from meshlearn.training import BatchSampler
 from test_processes import RUN_ID, assert_same_run, records, run_processes, run_sim
 
 
@@ -60,8 +62,8 @@ def test_fedavg_one_local_step_is_centralized_minibatch_sgd(model, fraction):
     assert [len(p) for p in exp.parts] == [0, 100, 100, 100, 100]   # equal sizes: equal weights
     sim = SimEngine(exp)
     # the clients' batches, drawn from the same per-node streams as the trainer's samplers
-    samplers = {k: BatchSampler(exp.parts[k], cfg.training.batch_size, node_rng(cfg.seed, k, 1))
-                for k in range(1, cfg.nodes)}
+    samplers = {k: BatchSampler(exp.parts[k], cfg.training.batch_size,
+                                streams.generator(cfg.seed, Stream.MINI_BATCH, k)) for k in range(1, cfg.nodes)}
     central = copy.deepcopy(exp.model)
     opt = torch.optim.SGD(central.parameters(), lr=cfg.training.lr)
     x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)

@@ -81,7 +81,7 @@ def test_real_fashion_mnist_run_learns(tmp_path):
     try:
         cfg = small_config(data={"dataset": "fashion-mnist", "partition": "shards", "shards_per_node": 2,
                                  "options": {"limit_train": 4000, "limit_test": 1000}},
-                           model={"name": "logreg"}, rounds=6, evaluation={"every": 3})
+                           model={"name": "logreg"}, rounds=10, evaluation={"every": 5})
     except ConfigError:
         if os.environ.get("CI"):
             raise  # CI installs the package, so missing files are a failure there

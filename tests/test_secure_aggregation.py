@@ -99,7 +99,7 @@ def test_accuracy_curve_matches_plain_dpsgd_over_20_rounds():
     _, secure = run_sim(secagg_config(**cfg))
     _, secure64 = run_sim(secagg_config(secagg={"ring_bits": 64}, **cfg))
     curve = lambda reports: np.array([r.evaluation.acc.mean() for r in reports if r.evaluation is not None])
-    assert len(curve(plain)) == 5 and curve(plain)[-1] > curve(plain)[0] + 0.3
+    assert len(curve(plain)) == 5 and curve(plain)[-1] > curve(plain)[0] + 0.2   # it learns: not a flat curve
     np.testing.assert_allclose(curve(secure), curve(plain), atol=0.01)
     np.testing.assert_allclose(curve(secure64), curve(plain), atol=1e-3)
     # same traffic: a 32-bit masked message is as large as a float32 model

@@ -1,4 +1,4 @@
-"""The ``meshlearn`` command line: run, node, merge, plot and topology sub-commands."""
+"""The ``meshlearn`` command line: run, node, merge, plot, topology, list and describe sub-commands."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import argparse
 import sys
 
 from meshlearn import __version__
-from meshlearn.commands import merge, node, plot, run, topology
+from meshlearn.commands import describe, merge, node, plot, run, topology
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="meshlearn", description="Decentralized learning experiments: run, plot, and build topologies.")
+        prog="meshlearn", description="Decentralized learning experiments: run, plot, build topologies, and list the "
+        "modules a config can name.")
     parser.add_argument("--version", action="version", version=f"meshlearn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, node, merge, plot, topology):
+    for command in (run, node, merge, plot, topology, describe):
         command.add_parser(subparsers)
     return parser
 

@@ -79,7 +79,7 @@ class _Module(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "_Module":
-        object.__setattr__(self, "name", plugins.absolute_spec(self.name))
+        object.__setattr__(self, "name", plugins.locate(self.FAMILY, self.name))
         object.__setattr__(self, "options", plugins.check_options(self.FAMILY, self.name, self.options,
                                                                   f"{self.WHERE}.options"))
         return self
@@ -106,8 +106,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "DataConfig":
-        object.__setattr__(self, "dataset", plugins.absolute_spec(self.dataset))
-        object.__setattr__(self, "partition", plugins.absolute_spec(self.partition))
+        object.__setattr__(self, "dataset", plugins.locate("dataset", self.dataset))
+        object.__setattr__(self, "partition", plugins.locate("partitioner", self.partition))
         from meshlearn.data import datasets
 
         object.__setattr__(self, "options", datasets.check_options(self.dataset, self.options))
@@ -141,7 +141,7 @@ class GraphConfig(_Section):
                 raise ValueError(f"topology.options apply to graph generators, not kind = {self.kind!r}; remove "
                                  f"{', '.join('topology.options.' + k for k in self.options)}")
             return self
-        object.__setattr__(self, "kind", plugins.absolute_spec(self.kind))
+        object.__setattr__(self, "kind", plugins.locate("topology", self.kind))
         object.__setattr__(self, "options", plugins.check_options("topology", self.kind, self.options,
                                                                   "topology.options"))
         return self
@@ -216,7 +216,7 @@ class TrainingConfig(_Section):
             object.__setattr__(self, "local_steps", None)
         if self.local_steps is None and self.local_epochs is None:
             raise ValueError("set training.local_steps or training.local_epochs")
-        object.__setattr__(self, "optimizer", plugins.absolute_spec(self.optimizer))
+        object.__setattr__(self, "optimizer", plugins.locate("optimizer", self.optimizer))
         options = plugins.check_options("optimizer", self.optimizer, self.optimizer_options,
                                         "training.optimizer_options")
         object.__setattr__(self, "optimizer_options", options)

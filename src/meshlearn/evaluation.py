@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from meshlearn import metrics
+from meshlearn import metrics, streams
+from meshlearn.streams import Stream
 
 __all__ = ["Evaluator", "RoundReport", "round_record"]
 
@@ -29,8 +30,8 @@ class Evaluator:
         seed = experiment.config.seed
         n, ds = experiment.num_nodes, experiment.dataset
         # separate streams: changing the node sample must not change the test sample
-        node_rng = np.random.default_rng([seed, 0xE7A1, 0])
-        test_rng = np.random.default_rng([seed, 0xE7A1, 1])
+        node_rng = streams.generator(seed, Stream.EVAL_NODES)
+        test_rng = streams.generator(seed, Stream.EVAL_SAMPLES)
         self.node_ids = (np.sort(node_rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
                          else np.arange(n))
         # in federated learning the model is the server's: clients hold stale local copies

@@ -17,11 +17,12 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from meshlearn import algorithms, data, models, plugins, topology
+from meshlearn import algorithms, data, models, plugins, streams, topology
 from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import ParamLayout
 from meshlearn.topology.schedule import TopologySchedule
-from meshlearn.training import LocalTrainer, default_batching, node_rng
+from meshlearn.streams import Stream
+from meshlearn.training import LocalTrainer, default_batching
 
 __all__ = ["Experiment"]
 
@@ -78,7 +79,7 @@ class Experiment:
         rows = []
         with torch.random.fork_rng():  # leave the global generator as it was
             for node in node_ids:
-                torch.manual_seed(int(node_rng(self.config.seed, node, 2).integers(2**63)))
+                torch.manual_seed(streams.seed_of(self.config.seed, Stream.INITIAL_MODEL, node))
                 rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
                                                              self.dataset.num_classes, **self.config.model.options)))
         return torch.stack(rows)
@@ -122,16 +123,17 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
 def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Module, ParamLayout]:
     """Build the model and try it on two samples, so a model that does not fit the data
     (wrong options, images into an LSTM...) fails before any training."""
-    torch.manual_seed(cfg.seed)
-    try:
-        model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
-        layout = ParamLayout.of(model)
-        with torch.no_grad():
-            out = model(torch.from_numpy(dataset.x_train[:2]))
-    except Exception as exc:  # any failure here means the settings do not fit together
-        raise ConfigError(f"model.name = {cfg.model.name!r} with model.options = {cfg.model.options} does not "
-                          f"run on data.dataset = {cfg.data.dataset!r} (input shape {dataset.input_shape}): "
-                          f"{exc}") from None
+    with torch.random.fork_rng():   # seeded weights, and the caller's global generator left as it was
+        torch.manual_seed(streams.seed_of(cfg.seed, Stream.INITIAL_MODEL))
+        try:
+            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+            layout = ParamLayout.of(model)
+            with torch.no_grad():
+                out = model(torch.from_numpy(dataset.x_train[:2]))
+        except Exception as exc:  # any failure here means the settings do not fit together
+            raise ConfigError(f"model.name = {cfg.model.name!r} with model.options = {cfg.model.options} does not "
+                              f"run on data.dataset = {cfg.data.dataset!r} (input shape {dataset.input_shape}): "
+                              f"{exc}") from None
     if tuple(out.shape) != (2, dataset.num_classes):
         raise ConfigError(f"model.name = {cfg.model.name!r} outputs shape {tuple(out.shape[1:])} per sample but "
                           f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} classes")

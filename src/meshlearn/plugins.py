@@ -28,13 +28,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 __all__ = ["Family", "FAMILIES", "Spec", "ModuleOf", "family", "resolve", "options_of", "check_options",
-           "build", "canonical", "absolute_spec", "add_import_paths", "config_folder", "summary"]
+           "build", "locate", "canonical", "absolute_spec", "add_import_paths", "config_folder", "config_path",
+           "ConfigPath", "summary"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,20 @@ def config_folder(folder: str | Path | None) -> Iterator[None]:
         _CONFIG_FOLDER.reset(token)
 
 
+def config_path(path: str) -> str:
+    """``path`` made absolute against the folder of the config being parsed (else the working
+    directory), the rule of ``"file.py:Name"`` specs, so the resolved config finds the file
+    from any working directory and on every worker."""
+    target = Path(path).expanduser()
+    if not target.is_absolute():
+        target = (_CONFIG_FOLDER.get() or Path.cwd()) / target
+    return str(target.resolve())
+
+
+ConfigPath = Annotated[str, AfterValidator(config_path)]
+"""The type of a plug-in option that names a file: relative to the config file (``config_path``)."""
+
+
 def _attr(ref: str) -> Any:
     module, _, attr = ref.partition(":")
     obj = importlib.import_module(module)
@@ -205,6 +220,12 @@ def resolve(family_name: str, spec: str) -> Any:
     if base is None and not callable(obj):
         raise ValueError(f"{fam.key} = {spec!r} is not callable")
     return obj
+
+
+def locate(family_name: str, spec: str) -> str:
+    """``spec`` as the resolved config records it: a file path made absolute, and an entry
+    registered by hand made an import path (``canonical``)."""
+    return canonical(family_name, absolute_spec(spec))
 
 
 def canonical(family_name: str, spec: str) -> str:
@@ -333,7 +354,7 @@ def check_module(family_name: str, value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise ValueError(f"{where} must be a name or a table with a 'name' (and 'options'), got {value!r}")
     value = dict(value)
-    name = absolute_spec(value.pop("name"))
+    name = locate(family_name, value.pop("name"))
     options = value.pop("options", {})
     if not isinstance(options, dict):
         raise ValueError(f"{where}.options must be a table, got {options!r}")
@@ -352,7 +373,8 @@ def build(family_name: str, spec: str, options: dict[str, Any] | None = None, **
 
 
 def summary(obj: Any) -> str:
-    """The first line of an implementation's docstring."""
+    """The first paragraph of an implementation's docstring, on one line (a sentence often
+    wraps over several lines)."""
     doc = getattr(obj, "summary", None) if not isinstance(obj, type) else None
     doc = doc or inspect.getdoc(_callable_of(obj)) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    return " ".join(doc.strip().split("\n\n")[0].split())

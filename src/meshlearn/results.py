@@ -1,4 +1,5 @@
-"""The run directory: resolved config, per-round and per-node JSON lines, and a summary.
+"""The run directory: resolved config, per-round and per-node JSON lines, a summary, and
+the final models (``models.safetensors``, written when a run completes).
 
 Lines are flushed as they are written and the summary is replaced atomically, so a run
 that crashes or is interrupted leaves every completed evaluation readable (its summary says
@@ -10,12 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-__all__ = ["RunWriter", "read_jsonl", "merge_runs"]
+__all__ = ["RunWriter", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE"]
+
+MODELS_FILE = "models.safetensors"
 
 
 class RunWriter:
@@ -39,6 +43,18 @@ class RunWriter:
         tmp = self.dir / f".{name}.tmp"
         tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
         os.replace(tmp, self.dir / name)
+
+    def write_models(self, layout, params) -> None:
+        """Write the (N, P) final models as safetensors, one tensor per parameter stacked over
+        nodes (shape (N, *shape)): the keys are the model's own parameter names, so node i's
+        state dict is ``{name: t[i] for name, t in tensors.items()}``, whatever N is."""
+        from safetensors.torch import save_file
+
+        tensors = {name: view.contiguous() for name, view in layout.views(params.detach().cpu()).items()}
+        tmp = self.dir / f".{MODELS_FILE}.tmp"
+        save_file(tensors, str(tmp), metadata={"parameters": json.dumps(list(layout.names))})
+        shutil.copymode(self.dir / "config.toml", tmp)   # readable like the other files, not owner-only
+        os.replace(tmp, self.dir / MODELS_FILE)
 
     def close(self) -> None:
         self._rounds.close()
@@ -70,6 +86,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {bad_line} is not a JSON object")
             records.append(obj)
     return records
+
+
+def read_models(path: str | Path) -> dict:
+    """The tensors of a ``models.safetensors`` file, in the model's parameter order: name →
+    (N, *shape). Safetensors holds only raw tensors, so reading one runs no code."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        names = json.loads((fh.metadata() or {}).get("parameters", "null")) or list(fh.keys())
+        return {name: fh.get_tensor(name) for name in names}
 
 
 def _append(handle, record: dict[str, Any]) -> None:

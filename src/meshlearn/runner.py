@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from meshlearn.callbacks import Callback
 from meshlearn.config import ExperimentConfig
 from meshlearn.engines import build_engine
 from meshlearn.evaluation import RoundReport, round_record
@@ -25,19 +28,44 @@ __all__ = ["run_experiment"]
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
-                   on_round: Callable[[int, dict[str, Any] | None], None] | None = None,
-                   **engine_options: Any) -> dict[str, Any]:
+                   on_round: Callable[[int, dict[str, Any] | None], None] | None = None, *,
+                   callbacks: Sequence[Callback] = (), **engine_options: Any) -> dict[str, Any]:
     """Run ``cfg`` and write its run directory; returns the summary.
 
-    ``on_round(rnd, record)`` is called after every round (``record`` is the evaluation
-    record on evaluation rounds, else None), e.g. to drive a progress bar.
-    ``engine_options`` go to the engine (e.g. ``workers`` for ``processes``).
+    ``callbacks`` see the run start, every evaluation and round, and its end (see
+    ``Callback``); ``on_round(rnd, record)`` is a shorthand for one ``on_round`` hook, e.g.
+    to drive a progress bar. ``engine_options`` go to the engine (e.g. ``workers`` for
+    ``processes``). The caller's torch threads and global random generators are left as
+    they were, so a run inside a notebook or a larger program changes nothing around it.
     """
-    if cfg.engine.threads:
-        torch.set_num_threads(cfg.engine.threads)
+    with _caller_state_kept():
+        if cfg.engine.threads:
+            torch.set_num_threads(cfg.engine.threads)
+        return _run(cfg, out_dir, on_round, list(callbacks), engine_options)
+
+
+@contextlib.contextmanager
+def _caller_state_kept() -> Iterator[None]:
+    """Restore torch's thread count and the global generators of torch, numpy and ``random``
+    (plug-ins may seed or draw from them)."""
+    threads, torch_rng = torch.get_num_threads(), torch.get_rng_state()
+    numpy_rng, python_rng = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_rng)
+        np.random.set_state(numpy_rng)
+        random.setstate(python_rng)
+
+
+def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[Callback],
+         engine_options: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     experiment = Experiment.build(cfg)
     run_id = engine_options.pop("run_id", None) or uuid.uuid4().hex[:12]
+    if cfg.engine.name != "sim" and "hosts" not in engine_options:
+        engine_options.setdefault("keep_models", True)   # the final models come back to the launcher
     engine = build_engine(cfg.engine.name, experiment, run_id, **engine_options)
     writer = RunWriter(out_dir, cfg.to_toml_dict())
     summary: dict[str, Any] = {
@@ -51,6 +79,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
     }
     report = None
     try:
+        for callback in callbacks:
+            callback.on_start(cfg)
         engine.start()
         summary["setup_time_s"] = time.time() - started
         writer.write_json("summary.json", summary)
@@ -63,8 +93,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
                 writer.write_round(record)
                 writer.write_nodes(rows)
                 summary["final"] = record
-            if on_round and rnd:
-                on_round(rnd, record)
+                for callback in callbacks:
+                    callback.on_evaluate(record)
+            if rnd:
+                for callback in callbacks:
+                    callback.on_round(rnd, record)
+                if on_round:
+                    on_round(rnd, record)
+        params = _final_params(engine)
+        if params is not None:
+            writer.write_models(experiment.layout, params)
         summary["status"] = "completed"
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
@@ -92,7 +130,16 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
         if report is not None:
             writer.write_json("nodes_final.json", _final_nodes(experiment, report))
         writer.close()
+        for callback in callbacks:
+            callback.on_end(summary)
     return summary
+
+
+def _final_params(engine) -> torch.Tensor | None:
+    """The (N, P) models of every node after the last round: the simulators hold them, the
+    networked engines get them from their workers (None: a share of a multi-machine run)."""
+    nodes = getattr(engine, "nodes", None)
+    return nodes.params if nodes is not None else getattr(engine, "params", None)
 
 
 def _final_nodes(experiment: Experiment, report: RoundReport) -> list[dict[str, Any]]:

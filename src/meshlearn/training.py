@@ -26,11 +26,12 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from meshlearn import plugins
+from meshlearn import plugins, streams
 from meshlearn.config import DPConfig, TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
+from meshlearn.streams import Stream
 
-__all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps", "node_rng"]
+__all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps"]
 
 # Batched training per model, chosen by measurement (benchmarks/sim_scaling.py):
 # batched (vmap) convolutions and LSTMs are slower than running their plain kernels
@@ -52,12 +53,6 @@ def local_steps(cfg: TrainingConfig, num_samples: int) -> int:
     if cfg.local_epochs is None:
         return int(cfg.local_steps)
     return max(1, math.ceil(cfg.local_epochs * num_samples / cfg.batch_size))
-
-
-def node_rng(seed: int, node: int, stream: int) -> np.random.Generator:
-    """An independent random stream per (experiment seed, node, purpose), whatever engine or
-    worker hosts the node, so results do not depend on placement."""
-    return np.random.default_rng([seed, node, stream])
 
 
 class BatchSampler:
@@ -215,7 +210,7 @@ class LocalTrainer:
         self.optimizer = plugins.build("optimizer", cfg.optimizer, cfg.optimizer_options, lr=cfg.lr)
         self.optimizer.setup(layout)
         parts = {node: idx for node, idx in parts.items() if len(idx)}  # a server holds no data
-        self.samplers = {node: BatchSampler(idx, cfg.batch_size, node_rng(seed, node, 1))
+        self.samplers = {node: BatchSampler(idx, cfg.batch_size, streams.generator(seed, Stream.MINI_BATCH, node))
                          for node, idx in parts.items()}
         self._steps = {node: local_steps(cfg, len(idx)) for node, idx in parts.items()}
         self.privacy = None   # DP-SGD noise and accountants (meshlearn.privacy.dp.NodePrivacy) with privacy.dp

@@ -1,6 +1,6 @@
 """Decentralized-learning algorithms, written once for every engine."""
 
-from meshlearn.algorithms.asynchronous import ADPSGD, AsyncAlgorithm, GossipLearning
+from meshlearn.algorithms.asynchronous import ADPSGD, AsyncAlgorithm, AsyncContext, GossipLearning, Message
 from meshlearn.algorithms.base import Algorithm, RoundContext
 from meshlearn.algorithms.dpsgd import DPSGD
 from meshlearn.algorithms.federated import FedAvg, ParameterServer
@@ -9,5 +9,5 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (DPSGD, FedAvg, ParameterServer, GossipLearning, ADPSGD)
 }
 
-__all__ = ["Algorithm", "AsyncAlgorithm", "RoundContext", "DPSGD", "FedAvg", "ParameterServer", "GossipLearning",
-           "ADPSGD", "ALGORITHMS"]
+__all__ = ["Algorithm", "AsyncAlgorithm", "RoundContext", "AsyncContext", "Message", "DPSGD", "FedAvg",
+           "ParameterServer", "GossipLearning", "ADPSGD", "ALGORITHMS"]

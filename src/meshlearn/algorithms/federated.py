@@ -15,15 +15,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from meshlearn import streams
 from meshlearn.algorithms.base import Algorithm, RoundContext
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Sharing
+from meshlearn.streams import Stream
 from meshlearn.topology.schedule import RoundGraph
 
 __all__ = ["FedAvg", "ParameterServer", "SERVER"]
 
 SERVER = 0
-_CLIENT_STREAM = 0xC11E
 
 
 class FedAvg(Algorithm):
@@ -52,7 +53,7 @@ class FedAvg(Algorithm):
         m = max(1, int(round(self.client_fraction * k)))
         if m == k:
             return np.arange(1, self.n)
-        rng = np.random.default_rng([self.seed, _CLIENT_STREAM, rnd])
+        rng = streams.generator(self.seed, Stream.CLIENTS, 0, rnd)
         return np.sort(rng.choice(k, m, replace=False)) + 1
 
     def graphs(self, clients: np.ndarray) -> tuple[RoundGraph, RoundGraph]:

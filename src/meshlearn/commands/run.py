@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -16,7 +17,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run an experiment from a TOML config",
         description="Run a decentralized-learning experiment described by a TOML file and write its "
-                    "run directory (config.toml, rounds.jsonl, nodes.jsonl, nodes_final.json, summary.json).",
+                    "run directory (config.toml, rounds.jsonl, nodes.jsonl, nodes_final.json, summary.json, "
+                    "models.safetensors).",
         epilog="example: meshlearn run examples/quickstart.toml --set rounds=10 --set training.lr=0.1")
     parser.add_argument("config", help="experiment TOML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -30,8 +32,24 @@ def add_parser(subparsers) -> None:
                              "one process per node)")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="ray: cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
+    parser.add_argument("--log", action="append", default=[], choices=["tensorboard", "csv", "wandb"],
+                        help="also log every evaluation to tensorboard (<out>/tensorboard), csv (<out>/rounds.csv) "
+                             "or wandb (Weights & Biases, files in <out>/wandb; pip install 'meshlearn[wandb]', "
+                             "WANDB_MODE=offline without network), repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_command)
+
+
+def _loggers(names: list[str], out: Path) -> list:
+    """The ``--log`` loggers, writing under the run directory ``out``."""
+    import os
+
+    from meshlearn.callbacks import CSVLogger, TensorBoardLogger, WandbLogger
+
+    make = {"tensorboard": lambda: TensorBoardLogger(out / "tensorboard"),
+            "csv": lambda: CSVLogger(out / "rounds.csv"),
+            "wandb": lambda: WandbLogger(project=os.environ.get("WANDB_PROJECT", "meshlearn"), dir=str(out))}
+    return [make[name]() for name in dict.fromkeys(names)]
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -46,16 +64,24 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
     options = {"ray_address": args.ray_address} if args.ray_address else {}
-    return execute(cfg, out, no_progress=args.no_progress, **options)
+    return execute(cfg, out, no_progress=args.no_progress, log=args.log, **options)
 
 
-def execute(cfg, out: Path, *, no_progress: bool = False, **engine_options) -> int:
-    """Run ``cfg`` into ``out`` with a progress bar and a closing summary table."""
+def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple[str, ...] = (),
+            **engine_options) -> int:
+    """Run ``cfg`` into ``out`` with a progress bar and a closing summary table; ``log``
+    names the loggers (``--log``) that also receive every evaluation."""
+    from meshlearn.callbacks import LoggerError
     from meshlearn.config import ConfigError
     from meshlearn.runner import run_experiment
 
     err = Console(stderr=True)
     console = Console()
+    try:
+        callbacks = _loggers(log, out)
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] --log: {escape(str(exc))}", highlight=False)
+        return 2
     console.print(f"[bold]{cfg.name}[/bold]: {cfg.nodes} nodes, {cfg.rounds} rounds, {cfg.model.name} on "
                   f"{cfg.data.dataset} ({cfg.data.partition}), {cfg.topology.kind} topology, "
                   f"{cfg.algorithm.name}/{cfg.sharing.name}, engine {cfg.engine.name} → {out}")
@@ -72,9 +98,12 @@ def execute(cfg, out: Path, *, no_progress: bool = False, **engine_options) -> i
                 if record and progress.disable:
                     console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
 
-            summary = run_experiment(cfg, out, on_round=on_round, **engine_options)
+            summary = run_experiment(cfg, out, on_round=on_round, callbacks=callbacks, **engine_options)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except LoggerError as exc:
+        err.print(f"[red]error:[/red] --log: {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err.print(f"interrupted: results so far are in {out}" if out.exists() else "interrupted")

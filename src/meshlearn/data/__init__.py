@@ -9,7 +9,8 @@ training part (IID, label shards, Dirichlet, or LEAF's natural users), which is
 what makes the learning problem decentralized and, usually, non-IID.
 """
 
-from .datasets import DATASETS, Dataset, Loader, check_available, load  # first: loaders import Dataset
+from .base import Dataset, Loader
+from .datasets import DATASETS, check_available, load
 from .partition import PARTITIONS, label_histogram, partition
 
 __all__ = [

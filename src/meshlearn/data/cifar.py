@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import Dataset
+from .base import Dataset
 
 __all__ = ["BatchUnpickler", "read_batch", "load_cifar10", "check_cifar10", "TRAIN_BATCHES", "TEST_BATCH"]
 

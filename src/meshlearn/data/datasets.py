@@ -1,62 +1,17 @@
-"""The :class:`Dataset` container, the dataset registry and :func:`load`.
+"""The dataset registry and :func:`load`.
 
-A task is held once, as whole arrays; nodes only ever receive index subsets of
-the training part (see :mod:`meshlearn.data.partition`), which keeps hundreds of
-simulated nodes cheap. Every loader reads a real on-disk format and never
-downloads: missing files raise ``FileNotFoundError`` saying where the file was
-expected and how to obtain it.
+Every loader reads a real on-disk format and never downloads: missing files raise
+``FileNotFoundError`` saying where the file was expected and how to obtain it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 
+from . import cifar, idx, leaf
+from .base import Dataset, Loader
+
 __all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits", "load_synthetic"]
-
-
-@dataclass(repr=False)
-class Dataset:
-    """Arrays for a whole task; nodes get index subsets of the training part."""
-
-    name: str
-    x_train: np.ndarray  # float32 (N, C, H, W) in [0, 1] for images; int64 token ids (N, L) for text
-    y_train: np.ndarray  # int64 (N,)
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    users_train: np.ndarray | None = None  # int64 (N,): LEAF user index of each training sample
-    user_names: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.x_train) != len(self.y_train):
-            raise ValueError(f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} labels")
-        if len(self.x_test) != len(self.y_test):
-            raise ValueError(f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} labels")
-        if self.users_train is not None and len(self.users_train) != len(self.y_train):
-            raise ValueError(f"{self.name}: users_train has {len(self.users_train)} entries, expected {len(self.y_train)}")
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def __repr__(self) -> str:
-        users = "" if self.user_names is None else f", users={len(self.user_names)}"
-        return (
-            f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
-            f"input_shape={self.input_shape}, num_classes={self.num_classes}{users})"
-        )
-
-
-@dataclass(frozen=True)
-class Loader:
-    """Registry entry: ``load(root, **options)`` builds the task, ``check(root)`` only looks for files."""
-
-    load: Callable[..., Dataset]
-    check: Callable[[str | None], None]
-    summary: str
 
 
 def load_digits(root: str | None = None, test_fraction: float = 0.2) -> Dataset:
@@ -158,9 +113,6 @@ def load(name: str, root: str | None = None, **options) -> Dataset:
         data.x_test, data.y_test = data.x_test[:limit_test], data.y_test[:limit_test]
     return data
 
-
-# The loader modules import Dataset from this module, so they are imported after it exists.
-from . import cifar, idx, leaf  # noqa: E402
 
 DATASETS.update(
     {

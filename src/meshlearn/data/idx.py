@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset
+from .base import Dataset
 
 __all__ = ["read_idx", "load_mnist", "load_fashion_mnist", "IDX_FILES", "SYSTEM_DIRS"]
 

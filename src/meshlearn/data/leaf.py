@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import Dataset
+from .base import Dataset
 
 __all__ = [
     "ALL_LETTERS",

@@ -14,7 +14,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field
 
-from meshlearn import plugins
+from meshlearn import plugins, streams
+from meshlearn.streams import Stream
 
 __all__ = ["partition", "PARTITIONS", "label_histogram"]
 
@@ -78,7 +79,7 @@ def dirichlet(
         )
     classes = np.unique(labels)
     for attempt in range(_DIRICHLET_TRIES):
-        r = rng if attempt == 0 else np.random.default_rng([seed, attempt])
+        r = rng if attempt == 0 else streams.generator(seed, Stream.PARTITION, 0, attempt)
         parts: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
         for c in classes:
             members = r.permutation(np.flatnonzero(labels == c))
@@ -152,7 +153,7 @@ def partition(
         raise ValueError(f"`nodes` must be >= 1, got {num_nodes}")
     if min_samples < 1:
         raise ValueError(f"data.min_samples must be >= 1 (no node may be left without data), got {min_samples}")
-    rng = np.random.default_rng(seed)
+    rng = streams.generator(seed, Stream.PARTITION)
     parts = plugins.build("partitioner", method, options, labels=labels, num_nodes=num_nodes, rng=rng, users=users,
                           min_samples=min_samples, seed=seed)
     if not isinstance(parts, (list, tuple)) or len(parts) != num_nodes:

@@ -1,4 +1,4 @@
-"""Asynchronous gossip on the simulator: an event-driven virtual clock, no round barriers.
+"""The asynchronous simulator: an event-driven virtual clock, no round barriers.
 
 Every node loops train → communicate → train ... on its own speed: one local training of
 node i takes ``compute.mean_s × factor_i`` virtual seconds, the factor drawn once from
@@ -6,24 +6,23 @@ node i takes ``compute.mean_s × factor_i`` virtual seconds, the factor drawn on
 events ordered by (virtual time, node, sequence) decides who acts when, so a run is a pure
 function of the config and its seed.
 
+The engine runs the trainings and the network; what nodes communicate is the algorithm's
+(an ``AsyncAlgorithm``): the engine calls its ``on_trained`` when a node's training ends and
+its ``on_message`` when a message arrives, and is the ``AsyncContext`` those handlers use.
+
 A training starts from a snapshot of the node's model and its result is applied as an
 update when it ends (x_i += trained − snapshot): models merged into a node while it computes
 are kept, and its update is as stale as on a real device (the staleness AD-PSGD analyses).
 Since a training depends only on its snapshot and on the node's own optimizer state and
 data stream, the engine computes it lazily: when the first result is due, every training
-begun since the last such moment runs in one batched ``LocalTrainer.train`` call.
+begun since the last such moment runs in one batched ``LocalTrainer.train`` call. A node
+trains again once ``on_trained`` returns, or later if it waits (``wait``, ``exchange``).
 
-- ``gossip`` (gossip learning, Ormándi et al. 2013, push): after a training, i sends a copy
-  of its model to a neighbour j drawn from i's own stream; on arrival j merges
-  x_j ← (x_j + x_i) / 2, and i trains on at once.
-- ``adpsgd`` (AD-PSGD, Lian et al., ICML 2018): after a training, i and a random neighbour
-  j atomically average x_i, x_j ← (x_i + x_j) / 2 (a message each way); i trains again once
-  the reply is back (after the round trip; 0 without network emulation).
-
-A lost message (``[network]`` loss, drawn from (seed, sender, its message sequence)) is
-dropped and counted at its receiver; a lost AD-PSGD request or reply cancels the averaging,
-so that both models stay as they were. The runner still sees rounds: round r is the window
-of virtual time ((r − 1) × mean_s, r × mean_s], and ``step(r)`` plays its events.
+A message is lost with its link's ``[network]`` loss, drawn from (seed, sender, the sender's
+number of trainings): the k-th message a node sends after a training takes the k-th draw, and
+the reply of an ``exchange`` the requester's next one. A lost message is counted at its
+receiver. The runner still sees rounds: round r is the window of virtual time
+((r − 1) × mean_s, r × mean_s], and ``step(r)`` plays its events.
 """
 
 from __future__ import annotations
@@ -34,18 +33,18 @@ import time
 import numpy as np
 import torch
 
+from meshlearn import streams, wire
+from meshlearn.algorithms.asynchronous import Message
 from meshlearn.config import ComputeConfig
-from meshlearn.engines.sim import GraphLinks, evaluate_if_due, header_base_bytes, payload_bytes
+from meshlearn.engines.sim import GraphLinks, evaluate_if_due, message_meta, payload_bytes
 from meshlearn.evaluation import Evaluator, RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
-from meshlearn.training import node_rng
+from meshlearn.sharing import Payload
+from meshlearn.streams import Stream
 
 __all__ = ["AsyncSimEngine", "speed_factors"]
 
-_SPEED_STREAM = 0x5EED
-_PEER_STREAM = 0x9055
-_LOSS_STREAM = 0xA105
 _MIN_FACTOR = 0.01   # a node at most 100× faster than the mean: a freak draw cannot flood the queue
 _SLACK = 1e-9        # events due at a window's end up to float rounding belong to that window
 
@@ -56,7 +55,7 @@ def speed_factors(cfg: ComputeConfig, seed: int, num_nodes: int) -> np.ndarray:
     """Each node's training time relative to ``cfg.mean_s`` (mean 1), drawn once from
     (seed, node) so it does not depend on the number of nodes or on anything else drawn."""
     def draw(node: int) -> float:
-        rng = node_rng(seed, node, _SPEED_STREAM)
+        rng = streams.generator(seed, Stream.SPEED, node)
         if cfg.distribution == "uniform":
             return rng.uniform(1 - cfg.spread, 1 + cfg.spread)
         if cfg.distribution == "lognormal":
@@ -69,8 +68,8 @@ def speed_factors(cfg: ComputeConfig, seed: int, num_nodes: int) -> np.ndarray:
 
 
 class AsyncSimEngine:
-    """Runs an asynchronous algorithm (``gossip``, ``adpsgd``) of an ``Experiment`` with every
-    node in this process, on a virtual clock."""
+    """Runs an asynchronous algorithm (an ``AsyncAlgorithm``) of an ``Experiment`` with every
+    node in this process, on a virtual clock; it is the ``AsyncContext`` of the algorithm."""
 
     name = "sim"
 
@@ -78,23 +77,27 @@ class AsyncSimEngine:
         cfg = experiment.config
         self.experiment = experiment
         self.run_id = run_id
-        self.gossip = not experiment.make_algorithm().pairwise   # else adpsgd
         self.codec = cfg.sharing.compression
         n = experiment.num_nodes
         ids = list(range(n))
         self.nodes = NodeBatch(torch.arange(n), experiment.initial_params(ids))
         self.trainer = experiment.make_trainer(ids)
         self.trainer.init_state(self.nodes)
+        self.algorithm = experiment.make_algorithm()
+        self.algorithm.setup(self.nodes, experiment)
         self.evaluator = Evaluator(experiment)
         self.graph = experiment.topology.graph(1)      # asynchronous algorithms gossip over a fixed graph
         self.links = GraphLinks(self.graph, cfg.network, cfg.seed)
         self.window = cfg.compute.mean_s
         self.durations = cfg.compute.mean_s * speed_factors(cfg.compute, cfg.seed, n)
-        self._peers = [node_rng(cfg.seed, node, _PEER_STREAM) for node in ids]
+        self._peers = [streams.generator(cfg.seed, Stream.PEERS, node) for node in ids]
+        self._lossy = bool(self.links.model.loss.any())
+        self._loss_draws: list[tuple[int, np.random.Generator] | None] = [None] * n  # (trainings, stream)
         # a running training's snapshot until it is computed, then the update it produced
         self.pending = torch.zeros_like(self.nodes.params)
         self._uncomputed = np.zeros(n, dtype=bool)
         self._running_loss = torch.full((n,), float("nan"))
+        self._ready = np.zeros(n)                            # no training starts before (waits)
         self.last_loss = torch.full((n,), float("nan"))
         self.updates = np.zeros(n, dtype=np.int64)          # local trainings completed
         self.bytes_sent = np.zeros(n, dtype=np.int64)       # cumulative, per node
@@ -106,7 +109,9 @@ class AsyncSimEngine:
         self.train_time = self.eval_time = 0.0
         self._queue: list[tuple] = [(0.0, node, node, _BEGIN, None) for node in ids]  # sorted: a heap
         self._seq = n
-        self._header = self._raw_header = 0
+        self._now = 0.0
+        self._rnd = 0
+        self._headers: dict[tuple, tuple[int, int]] = {}
 
     # Engine
     def start(self) -> None:
@@ -116,11 +121,12 @@ class AsyncSimEngine:
         """Play the events of round ``rnd``'s window (0: none, only the initial evaluation)."""
         if rnd > 0:
             t0 = time.perf_counter()
-            self._price_headers(rnd)
+            self._rnd, self._headers = rnd, {}   # messages of this window carry its number
             handlers = {_BEGIN: self._begin, _TRAINED: self._trained, _ARRIVE: self._arrive}
             end = (rnd + _SLACK) * self.window
             while self._queue and self._queue[0][0] <= end:
                 at, node, _, kind, data = heapq.heappop(self._queue)
+                self._now = at
                 handlers[kind](at, node, data)
                 self.events += 1
             self.train_time += time.perf_counter() - t0
@@ -135,6 +141,53 @@ class AsyncSimEngine:
 
     def close(self) -> dict:
         return {"events": self.events}
+
+    # AsyncContext
+    @property
+    def params(self) -> torch.Tensor:
+        return self.nodes.params
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def neighbours(self, node: int) -> np.ndarray:
+        return self.graph.receivers_of(node)
+
+    def rng(self, node: int) -> np.random.Generator:
+        return self._peers[node]
+
+    def random_neighbour(self, node: int) -> int | None:
+        peers = self.graph.receivers_of(node)
+        return int(peers[self._peers[node].integers(len(peers))]) if len(peers) else None
+
+    def send(self, src: int, dst: int, payload: Payload, kind: str = "model") -> None:
+        link = self._link(src, dst)
+        size = self._charge(src, link, payload, kind)
+        if self._lost(src, link):
+            self.messages_lost[dst] += 1
+            return
+        copy = {name: tensor.detach().clone() for name, tensor in payload.items()}
+        self._push(self._now + self._delay(link, size), dst, _ARRIVE, Message(src, dst, kind, copy, self._now))
+
+    def exchange(self, src: int, dst: int, request: Payload, reply: Payload, kind: str = "model") -> bool:
+        there, back = self._link(src, dst), self._link(dst, src)
+        wait = self._delay(there, self._charge(src, there, request, kind))
+        if self._lost(src, there):
+            self.messages_lost[dst] += 1
+            self.wait(src, wait)
+            return False
+        wait += self._delay(back, self._charge(dst, back, reply, kind))
+        self.wait(src, wait)
+        if self._lost(src, back):
+            self.messages_lost[src] += 1
+            return False
+        return True
+
+    def wait(self, node: int, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"{type(self.algorithm).__name__}: node {node} waits {seconds!r} s; a wait is >= 0")
+        self._ready[node] = max(self._ready[node], self._now + seconds)
 
     # events
     def _push(self, at: float, node: int, kind: int, data=None) -> None:
@@ -161,81 +214,65 @@ class AsyncSimEngine:
         self._uncomputed[:] = False
 
     def _trained(self, at: float, i: int, _=None) -> None:
-        """Node i's training ends: apply its update, communicate, then train again."""
+        """Node i's training ends: apply its update, let the algorithm act, then train again
+        (once every wait of node i is over)."""
         if self._uncomputed[i]:
             self._compute_trainings()
         self.nodes.params[i] += self.pending[i]
         self.last_loss[i] = self._running_loss[i]
         self.updates[i] += 1
-        peers = self.graph.receivers_of(i)
-        wait = 0.0
-        if len(peers):
-            j = int(peers[self._peers[i].integers(len(peers))])
-            wait = self._push_model(at, i, j) if self.gossip else self._average_pair(i, j)
-        self._push(at + wait, i, _BEGIN)
+        self.algorithm.on_trained(i, self)
+        self._push(max(at, float(self._ready[i])), i, _BEGIN)
 
-    def _arrive(self, at: float, j: int, model: torch.Tensor) -> None:
-        """A pushed model reaches node j, which merges it into its own."""
-        self.nodes.params[j] = (self.nodes.params[j] + model) * 0.5
-
-    def _push_model(self, at: float, i: int, j: int) -> float:
-        """Gossip learning: send a copy of x_i to j; i does not wait for it."""
-        model = self.nodes.params[i].clone()
-        link = self.links.model.position(j, i)
-        size = self._charge(i, link, model)
-        if self._lost(i, [link])[0]:
-            self.messages_lost[j] += 1
-        else:
-            self._push(at + self._delay(link, size), j, _ARRIVE, model)
-        return 0.0
-
-    def _average_pair(self, i: int, j: int) -> float:
-        """AD-PSGD: i and j exchange models and both take their average; returns the round
-        trip that i waits for."""
-        links, params = self.links.model, self.nodes.params
-        request, reply = links.position(j, i), links.position(i, j)
-        lost = self._lost(i, [request, reply])
-        wait = self._delay(request, self._charge(i, request, params[i]))
-        if lost[0]:
-            self.messages_lost[j] += 1
-            return wait
-        wait += self._delay(reply, self._charge(j, reply, params[j]))
-        if lost[1]:
-            self.messages_lost[i] += 1
-        else:
-            params[i] = params[j] = (params[i] + params[j]) * 0.5
-        return wait
+    def _arrive(self, at: float, j: int, message: Message) -> None:
+        self.algorithm.on_message(j, message, self)
 
     # messages
-    def _price_headers(self, rnd: int) -> None:
-        """Header sizes from node 0 to node 0 of the messages sent in round ``rnd``'s window
-        (with and without the lossless stage); ``GraphLinks.id_bytes`` adds the ids."""
-        template = {"params": self.nodes.params[:1]}
-        self._header = header_base_bytes(self.run_id, template, rnd, self.codec)
-        self._raw_header = header_base_bytes(self.run_id, template, rnd)
+    def _link(self, src: int, dst: int) -> int:
+        """CSR position of the link src → dst of the fixed graph."""
+        link = self.links.model.position(dst, src)
+        if link is None:
+            raise ValueError(f"{type(self.algorithm).__name__}: node {src} sends to node {dst}, which is not its "
+                             "neighbour in the topology; send only to ctx.neighbours(node)")
+        return link
 
-    def _charge(self, src: int, link: int, model: torch.Tensor) -> int:
-        """Charge ``src`` the exact wire size of its message carrying ``model`` on ``link``
-        (CSR position); returns that size."""
+    def _charge(self, src: int, link: int, payload: Payload, kind: str) -> int:
+        """Charge ``src`` the exact wire size of its message of ``kind`` carrying ``payload`` on
+        ``link``; returns that size."""
+        if not isinstance(payload, dict) or not all(isinstance(t, torch.Tensor) for t in payload.values()):
+            raise TypeError(f"{type(self.algorithm).__name__}: a message carries named tensors, e.g. "
+                            f"{{'params': ctx.params[node]}}, got {type(payload).__name__}")
+        header, raw_header = self._header(payload, kind)
         ids = int(self.links.id_bytes[link])
-        header = self._header + ids
-        size = header + int(payload_bytes({"params": model[None]}, self.codec)[0])
-        self.header_bytes[src] += header
+        size = header + ids + int(payload_bytes({name: t[None] for name, t in payload.items()}, self.codec)[0])
+        self.header_bytes[src] += header + ids
         self.bytes_sent[src] += size
-        self.raw_bytes_sent[src] += self._raw_header + ids + model.numel() * model.element_size()
+        self.raw_bytes_sent[src] += raw_header + ids + sum(t.numel() * t.element_size() for t in payload.values())
         if src == 0:
             self.message_bytes = size
         return size
 
+    def _header(self, payload: Payload, kind: str) -> tuple[int, int]:
+        """Header size, with and without the lossless stage, of a message of this window from
+        node 0 to node 0; ``GraphLinks.id_bytes`` adds the ids. Priced once per layout."""
+        key = (kind, *((name, t.dtype, tuple(t.shape)) for name, t in payload.items()))
+        sizes = self._headers.get(key)
+        if sizes is None:
+            msg = wire.Message(self.run_id, 0, self._rnd, kind, dict(payload), message_meta(0, 0))
+            sizes = self._headers[key] = (wire.header_nbytes(msg, self.codec), wire.header_nbytes(msg))
+        return sizes
+
     def _delay(self, link: int, size: int) -> float:
         return float(self.links.model.delay(link, size)) if self.links.model.enabled else 0.0
 
-    def _lost(self, sender: int, links: list[int]) -> np.ndarray:
-        """Whether each message of ``sender``'s exchange after its current training is lost,
-        drawn from (seed, sender, that training's number) so every run loses the same ones."""
-        seq = int(self.updates[sender])
-        loss = self.links.model.loss[links]
-        if not loss.any():
-            return np.zeros(len(links), dtype=bool)
-        rng = np.random.default_rng([self.experiment.config.seed, _LOSS_STREAM, sender, seq])
-        return rng.random(len(links)) < loss
+    def _lost(self, sender: int, link: int) -> bool:
+        """Whether ``link`` loses the next message that ``sender`` sends (or requests), drawn from
+        (seed, sender, its number of trainings) so every run loses the same ones."""
+        if not self._lossy:
+            return False
+        trainings = int(self.updates[sender])
+        draws = self._loss_draws[sender]
+        if draws is None or draws[0] != trainings:
+            draws = self._loss_draws[sender] = (
+                trainings, streams.generator(self.experiment.config.seed, Stream.MESSAGE_LOSS, sender, trainings))
+        return bool(draws[1].random() < self.links.model.loss[link])

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from meshlearn import streams
 from meshlearn.config import LinkConfig, NetworkConfig
+from meshlearn.streams import Stream
 
 __all__ = ["LinkModel"]
 
-_LOSS_STREAM = 0x1055
 
 
 class LinkModel:
@@ -75,8 +76,7 @@ class LinkModel:
         link, CSR order)."""
         if not self.loss.any():
             return np.zeros(len(self.indices), dtype=bool)
-        key = [self.seed, _LOSS_STREAM, rnd] + ([step] if step else [])
-        return np.random.default_rng(key).random(len(self.indices)) < self.loss
+        return streams.generator(self.seed, Stream.LINK_LOSS, 0, rnd, step).random(len(self.indices)) < self.loss
 
 
 def _apply_slowest(link: LinkConfig, where: np.ndarray, latency_ms, mbps, loss) -> None:

@@ -80,6 +80,7 @@ class ProcessesEngine:
         self.done: dict[int, dict] = {}
         self.handshakes: dict[str, list] = {}      # start-up messages not yet handled, by kind
         self.failures: dict[int, dict] = {}
+        self.config_errors: dict[int, str] = {}    # workers on which the config did not load
         self.message_bytes = 0
         self.eval_time = 0.0
         self._last_round = -1
@@ -199,6 +200,13 @@ class ProcessesEngine:
                 missing = [k for k in self._alive() if k not in seen]
                 raise RuntimeError(f"workers {missing} did not start within {STARTUP_TIMEOUT_S:.0f}s")
             self._receive(0.2)
+            if not self._alive():
+                self._receive(1.0)   # the workers' last words may still be on their way
+            if self.config_errors:   # a run without some workers' plug-ins is not the run asked for
+                k, message = min(self.config_errors.items())
+                raise ConfigError(f"worker {k} could not load the config: {message}\n(every worker must import "
+                                  "the config's plug-ins: keep their files at the same path, or in a folder of "
+                                  "import_paths, on every machine)")
             for k, msg in self.handshakes.pop(kind, []):
                 seen.add(k)
                 on_message(k, msg)
@@ -241,6 +249,9 @@ class ProcessesEngine:
                 elif kind == "done":
                     self.done[k] = msg
                     self.message_bytes = msg.get("message_bytes", self.message_bytes)
+                elif kind == "error" and msg.get("config"):
+                    self.config_errors[k] = msg["message"]
+                    self._fail(k, "could not load the config")
                 elif kind == "error":
                     self._fail(k, msg["message"].strip().splitlines()[-1], detail=msg["message"])
                 elif kind in ("hello", "ready"):

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from meshlearn.experiment import Experiment
-from meshlearn.training import BatchSampler, local_steps, node_rng
+from meshlearn import streams
+from meshlearn.streams import Stream
+from meshlearn.training import BatchSampler, local_steps
 
 __all__ = ["ReferenceDPSGD"]
 
@@ -32,7 +34,8 @@ class ReferenceDPSGD:
             experiment.layout.load_into(model, init[node])
             self.models.append(model)
         self.optimizers = [self._optimizer(m) for m in self.models]
-        self.samplers = [BatchSampler(experiment.parts[node], self.cfg.batch_size, node_rng(cfg.seed, node, 1))
+        self.samplers = [BatchSampler(experiment.parts[node], self.cfg.batch_size,
+                                     streams.generator(cfg.seed, Stream.MINI_BATCH, node))
                          for node in range(n)]
         self.x = torch.from_numpy(experiment.dataset.x_train)
         self.y = torch.from_numpy(experiment.dataset.y_train)

@@ -11,7 +11,7 @@ still accounted exactly: each node is charged, per neighbour, the size of the wi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,18 +23,23 @@ from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
+from meshlearn.sharing.base import Received, received_chunks
 from meshlearn.topology.schedule import RoundGraph, TopologySchedule
 
 __all__ = ["SimEngine", "SimInbox", "GraphLinks", "LinkCache", "message_meta"]
 
 
 class SimInbox(Inbox):
-    """Inbox of every node at once: weighted sums are sparse matrix products."""
+    """Inbox of every node at once: weighted sums are sparse matrix products, and the
+    received messages by receiver are gathers along the CSR structure of the weights.
+    ``received`` (per CSR entry) marks the messages that arrived (default: all)."""
 
-    def __init__(self, weights: sp.csr_matrix, self_weight: torch.Tensor, payload: Payload):
+    def __init__(self, weights: sp.csr_matrix, self_weight: torch.Tensor, payload: Payload,
+                 received: np.ndarray | None = None):
         self.weights = weights
         self.self_weight = self_weight
         self.payload = payload
+        self.received = received
 
     def weighted_sum(self, decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
         dense = decode(self.payload)
@@ -43,6 +48,18 @@ class SimInbox(Inbox):
             flat = flat.float()
         out = self.weights @ flat.detach().numpy()
         return torch.from_numpy(np.ascontiguousarray(out)).reshape(dense.shape)
+
+    def by_receiver(self, decode: Callable[[Payload], torch.Tensor],
+                    chunk_nodes: int | None = None) -> Iterator[Received]:
+        w = self.weights
+        indptr, senders, weights = w.indptr, w.indices, w.data.astype(np.float32, copy=False)
+        if self.received is not None and not self.received.all():   # lost messages leave the lists
+            keep = self.received
+            counts = np.bincount(np.repeat(np.arange(w.shape[0]), np.diff(indptr))[keep], minlength=w.shape[0])
+            indptr = np.concatenate([[0], np.cumsum(counts)])
+            senders, weights = senders[keep], weights[keep]
+        yield from received_chunks(indptr, senders, weights, self.self_weight, decode(self.payload).detach(),
+                                   senders, chunk_nodes)
 
 
 class GraphLinks:
@@ -187,7 +204,7 @@ class SimEngine:
             return SimInbox(links.weights32, links.self_weight32, payload)
         self_w, data = renormalized(links.graph.self_weight, off.data, links.model.receivers, ~lost)
         weights = sp.csr_matrix((data, off.indices, off.indptr), shape=off.shape)
-        return SimInbox(weights, torch.from_numpy(self_w), payload)
+        return SimInbox(weights, torch.from_numpy(self_w), payload, received=~lost)
 
     def _account(self, payload: Payload, rnd: int, links: GraphLinks, step: int, per_link: bool) -> np.ndarray:
         """Charge each node the exact wire size of the message it sends each receiver;

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Iterator
 
 import msgpack
 import numpy as np
@@ -33,6 +34,7 @@ from meshlearn.evaluation import Evaluator
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
+from meshlearn.sharing.base import Received, received_chunks
 from meshlearn.topology.schedule import RoundGraph
 
 __all__ = ["Worker", "MessageInbox", "main", "pack", "unpack"]
@@ -60,7 +62,8 @@ class MessageInbox(Inbox):
     order of the simulator's sparse product, and the results agree to float rounding. A
     payload that passed the wire checks but that the sharing scheme cannot decode (hostile
     indices, say) is dropped like a missing message: its receivers' weights are renormalized
-    over the rest, and ``on_reject`` counts it.
+    over the rest, and ``on_reject`` counts it. ``by_receiver`` stacks the decoded messages,
+    one per sender, and gathers them per receiver as the simulator does.
     """
 
     def __init__(self, self_weight: torch.Tensor, weights: dict[int, list[tuple[int, float]]],
@@ -89,6 +92,27 @@ class MessageInbox(Inbox):
         if self.rejected:
             out *= (1.0 / self.kept).float().view(-1, *[1] * len(shape))
         return out
+
+    def by_receiver(self, decode, chunk_nodes: int | None = None) -> Iterator[Received]:
+        decoded = {}   # every sender's payload decoded first: a rejection renormalizes all its receivers
+        for src in sorted(self.payloads):
+            if src in self.rejected:
+                continue
+            try:
+                decoded[src] = decode(self.payloads[src])[0]
+            except wire.MessageError as exc:
+                self._reject(src, exc)
+        order = {src: k for k, src in enumerate(decoded)}
+        links = sorted((row, src, weight) for src in decoded for row, weight in self.weights[src])
+        rows = np.array([row for row, _, _ in links], dtype=np.int64)
+        senders = np.array([src for _, src, _ in links], dtype=np.int64)
+        # the weights weighted_sum applies: w_ij, then 1 / (weight left) where a sender was rejected
+        weights = torch.tensor([w for _, _, w in links], dtype=torch.float32) \
+            * (1.0 / self.kept).float()[torch.from_numpy(rows)]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(self.self_weight)))])
+        source = torch.stack(list(decoded.values())) if decoded else decode(self.template)
+        yield from received_chunks(indptr, senders, weights.numpy(), self.self_weight, source,
+                                   np.array([order[src] for src in senders.tolist()], dtype=np.int64), chunk_nodes)
 
     def _reject(self, src: int, exc: Exception) -> None:
         self.on_reject(src, exc)
@@ -393,7 +417,7 @@ class Worker:
 
 def serve(control_address: str, index: int, host: str | None = None) -> int:
     """A worker's whole life: handshake with the launcher, build, run the rounds, report."""
-    from meshlearn.config import parse_config
+    from meshlearn.config import ConfigError, parse_config
     from meshlearn.engines.transport import Transport
     from meshlearn.experiment import Experiment
 
@@ -430,6 +454,9 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:   # the config does not load here (a plug-in this machine cannot import...)
+        control.send(pack({"kind": "error", "worker": index, "config": True, "message": str(exc)}))
+        return 1
     except Exception:
         control.send(pack({"kind": "error", "worker": index, "message": traceback.format_exc(limit=8)}))
         return 1

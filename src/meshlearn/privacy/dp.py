@@ -28,13 +28,10 @@ import torch
 
 from meshlearn.config import ConfigError, DPConfig
 from meshlearn.nodes import ParamLayout
-from meshlearn.training import node_rng
+from meshlearn import streams
+from meshlearn.streams import Stream
 
-__all__ = ["NodePrivacy", "STREAM_DP_NOISE", "sample_rate", "sample_multiplicity"]
-
-# Purpose of the nodes' noise streams in ``training.node_rng`` (1: mini-batches, 2: initial
-# models, 3 and 4: the random compressors).
-STREAM_DP_NOISE = 5
+__all__ = ["NodePrivacy", "sample_rate", "sample_multiplicity"]
 
 # Added to the gradient norm before dividing, as Opacus does, so a zero gradient is kept as is.
 _NORM_EPS = 1e-6
@@ -73,8 +70,7 @@ class NodePrivacy:
         else:
             self.sigma = {node: _solve_sigma(cfg.target_epsilon, cfg.delta, self.sample_rate[node],
                                              total_steps[node], cfg.accountant) for node in num_samples}
-        self.generators = {node: torch.Generator().manual_seed(int(node_rng(seed, node, STREAM_DP_NOISE)
-                                                                   .integers(2**63)))
+        self.generators = {node: torch.Generator().manual_seed(streams.seed_of(seed, Stream.DP_NOISE, node))
                            for node in num_samples}
         self.accountants = {node: _accountant_class(cfg.accountant)() for node in num_samples}
 

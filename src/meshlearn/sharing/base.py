@@ -3,13 +3,15 @@
 A ``Sharing`` works on a ``NodeBatch`` (any number of local nodes, stacked) and never on
 sockets: engines deliver the payloads and hand back an ``Inbox``. The simulator's inbox is a
 sparse matrix product over all nodes, a networked engine's inbox sums decoded messages;
-the sharing code is the same for both.
+the sharing code is the same for both. Rules that are not a weighted sum (a coordinate-wise
+median, a trimmed mean, clipping around the node's own model) read the received messages
+themselves, grouped by receiver, with ``Inbox.by_receiver``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,7 +20,8 @@ import torch
 
 from meshlearn.nodes import NodeBatch
 
-__all__ = ["Payload", "Inbox", "LinkInbox", "Sharing", "PartialSharing", "partial_average"]
+__all__ = ["Payload", "Inbox", "Received", "LinkInbox", "Sharing", "PartialSharing", "partial_average",
+           "received_chunks", "RECEIVED_BUDGET"]
 
 Payload = dict[str, torch.Tensor]
 """Named tensors with a leading local-node dimension: row i is what node i sends."""
@@ -31,7 +34,7 @@ class Inbox(ABC):
     to one per receiver (an engine that loses a message renormalizes them).
     """
 
-    self_weight: torch.Tensor  # (B,); read it after weighted_sum, which may renormalize it
+    self_weight: torch.Tensor  # (B,); read it after weighted_sum or by_receiver, which may renormalize it
 
     @abstractmethod
     def weighted_sum(self, decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
@@ -40,6 +43,90 @@ class Inbox(ABC):
         ``decode`` maps a stacked payload (leading sender dimension) to stacked dense tensors,
         so the engine may apply it to one message or to all senders at once.
         """
+
+    def by_receiver(self, decode: Callable[[Payload], torch.Tensor],
+                    chunk_nodes: int | None = None) -> Iterator[Received]:
+        """The received messages themselves, decoded, for chunks of receivers in row order.
+
+        Every engine gives the same chunk contents for a round: per receiver, the senders
+        whose message arrived (lost and rejected ones left out), in increasing id, with the
+        weights ``weighted_sum`` would use and the renormalized ``self_weight``. ``chunk_nodes``
+        receivers go in a chunk (default: as many as keep b·k·P values under ``RECEIVED_BUDGET``
+        and the padding under the messages' count). ``weighted_sum`` stays the fast path for
+        linear rules.
+        """
+        raise NotImplementedError(f"{type(self).__name__} gives weighted sums only")
+
+
+@dataclass
+class Received:
+    """What a chunk of b receivers got, side by side: row r holds receiver ``rows[r]``'s
+    messages in k slots (senders in increasing id, then padding up to the chunk's largest
+    count), so a rule over the messages is one batched tensor operation."""
+
+    rows: torch.Tensor         # (b,) int64 local rows of the receivers
+    senders: torch.Tensor      # (b, k) int64 global sender ids; -1 in padding
+    weights: torch.Tensor      # (b, k) float32 w_ij, renormalized over what arrived; 0 in padding
+    mask: torch.Tensor         # (b, k) bool: a received message (False: padding)
+    values: torch.Tensor       # (b, k, *shape) decoded messages; zero in padding
+    self_weight: torch.Tensor  # (b,) float32 w_ii, renormalized like the weights
+
+
+RECEIVED_BUDGET = 1 << 24
+"""Values (b·k·P numbers, 64 MiB of float32) that one ``Received`` chunk may hold by default."""
+
+
+def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray, self_weight: torch.Tensor,
+                    source: torch.Tensor, source_rows: np.ndarray,
+                    chunk_nodes: int | None = None) -> Iterator[Received]:
+    """``Received`` chunks of receivers whose messages are listed like a CSR matrix: receiver
+    row r got messages ``indptr[r]:indptr[r + 1]`` (``senders`` increasing, float32
+    ``weights``), and message e's decoded value is ``source[source_rows[e]]``. Each chunk is
+    one gather from ``source``; engines build their ``by_receiver`` on it."""
+    degree = np.diff(indptr)
+    shape = tuple(source.shape[1:])
+    for r0, r1 in _chunk_bounds(degree, max(1, int(np.prod(shape))), chunk_nodes):
+        count = degree[r0:r1]
+        b, k = r1 - r0, int(count.max(initial=0))
+        lo, hi = int(indptr[r0]), int(indptr[r1])
+        # slot of message e: its receiver's row in the chunk times k, plus its rank among that row's
+        slot = np.repeat(np.arange(b) * k - (indptr[r0:r1] - lo), count) + np.arange(hi - lo)
+        ids = np.full(b * k, -1, dtype=np.int64)
+        ids[slot] = senders[lo:hi]
+        w = np.zeros(b * k, dtype=np.float32)
+        w[slot] = weights[lo:hi]
+        index = np.zeros(b * k, dtype=np.int64)
+        index[slot] = source_rows[lo:hi]
+        mask = torch.from_numpy(ids >= 0)
+        if len(source):
+            values = source.index_select(0, torch.from_numpy(index))
+            if not mask.all():
+                values[~mask] = 0
+        else:
+            values = source.new_zeros((b * k, *shape))
+        yield Received(torch.arange(r0, r1), torch.from_numpy(ids).view(b, k), torch.from_numpy(w).view(b, k),
+                       mask.view(b, k), values.view(b, k, *shape), self_weight[r0:r1])
+
+
+def _chunk_bounds(degree: np.ndarray, per_value: int, chunk_nodes: int | None) -> Iterator[tuple[int, int]]:
+    """Row ranges of the chunks: ``chunk_nodes`` rows each, or as many rows (at least one) as
+    keep the padded slots, rows × (largest count among them), within ``RECEIVED_BUDGET`` values
+    and within twice the messages: memory stays bounded whatever the degrees, and a receiver
+    with many senders (a server) does not pad a chunk of receivers with few."""
+    n = len(degree)
+    if chunk_nodes:
+        yield from ((r0, min(n, r0 + chunk_nodes)) for r0 in range(0, n, chunk_nodes))
+        return
+    start, widest, messages = 0, 0, 0
+    for r in range(n):
+        count = int(degree[r])
+        slots = (r - start + 1) * max(widest, count)
+        if r > start and (slots * per_value > RECEIVED_BUDGET or slots > 2 * (messages + count)):
+            yield start, r
+            start, widest, messages = r, 0, 0
+        widest, messages = max(widest, count), messages + count
+    if n:
+        yield start, n
 
 
 @dataclass

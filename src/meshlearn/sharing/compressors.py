@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from meshlearn import streams
 from meshlearn.sharing.base import Payload
+from meshlearn.streams import Stream
 from meshlearn.wire import MessageError
 
 __all__ = [
@@ -32,14 +34,9 @@ __all__ = [
     "unpack_bits",
 ]
 
-# Purposes of node random streams (``training.node_rng`` uses 1 for mini-batches, 2 for initial models).
-STREAM_RANDOM_K = 3
-STREAM_QUANTIZE = 4
-
-
 def round_seeds(seed: int, ids: torch.Tensor, rnd: int, stream: int) -> list[int]:
     """One 63-bit seed per node for this round and purpose, independent of where the node runs."""
-    return [int(np.random.default_rng([seed, node, stream, rnd]).integers(2**63)) for node in ids.tolist()]
+    return [streams.seed_of(seed, stream, node, rnd) for node in ids.tolist()]
 
 
 def count(fraction: float, size: int) -> int:
@@ -245,7 +242,7 @@ class RandomK(_Sparsifier):
         return out
 
     def compress(self, rows, ids, rnd):
-        seeds = round_seeds(self.seed, ids, rnd, STREAM_RANDOM_K)
+        seeds = round_seeds(self.seed, ids, rnd, Stream.RANDOM_K)
         idx = self._from_seeds(seeds)
         if self.indices == "explicit":
             return self.payload(rows, idx)
@@ -320,7 +317,7 @@ class QSGD(_Bucketed):
         ratio = (buckets.abs() * (s / safe).unsqueeze(2)).reshape(rows.shape[0], -1)[:, :self.size]
         ratio.clamp_(max=s)
         uniform = torch.empty_like(ratio)
-        for row, seed in enumerate(round_seeds(self.seed, ids, rnd, STREAM_QUANTIZE)):
+        for row, seed in enumerate(round_seeds(self.seed, ids, rnd, Stream.QUANTIZE)):
             uniform[row] = torch.rand(self.size, generator=torch.Generator().manual_seed(seed))
         level = ratio.floor()
         level += (uniform < ratio - level).to(level.dtype)

@@ -27,12 +27,11 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from meshlearn import streams
+from meshlearn.streams import Stream
 from meshlearn.topology import generators, mixing
 
-__all__ = ["RoundGraph", "TopologySchedule", "epidemic", "round_seed"]
-
-_GRAPH_STREAM = 0x70F0
-_PEER_STREAM = 0xE91D
+__all__ = ["RoundGraph", "TopologySchedule", "epidemic"]
 
 
 @dataclass(eq=False)
@@ -108,11 +107,6 @@ class RoundGraph:
         return self.stats
 
 
-def round_seed(seed: int, rnd: int, stream: int = _GRAPH_STREAM) -> int:
-    """The seed of round ``rnd``'s random graph: independent of every other round's."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream, rnd]).generate_state(1)[0])
-
-
 def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
     """Epidemic Learning's round graph: node j pushes to ``peers`` distinct others drawn
     from its own stream (seed, j, round); receiver i averages itself and its k_i arrivals
@@ -120,7 +114,7 @@ def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
     senders = np.repeat(np.arange(n), peers)
     receivers = np.empty(n * peers, dtype=np.int64)
     for j in range(n):
-        picks = np.random.default_rng([seed, _PEER_STREAM, j, rnd]).choice(n - 1, peers, replace=False)
+        picks = streams.generator(seed, Stream.EPIDEMIC_PEERS, j, rnd).choice(n - 1, peers, replace=False)
         receivers[j * peers:(j + 1) * peers] = picks + (picks >= j)  # skip j itself
     share = 1.0 / (np.bincount(receivers, minlength=n) + 1.0)
     return RoundGraph.from_links(n, receivers, senders, share[receivers], share, f"epidemic(s={peers})")
@@ -172,7 +166,7 @@ class TopologySchedule:
         if phase.kind == "epidemic":
             return epidemic(self.n, phase.peers, self.cfg.seed, rnd)
         if phase.dynamic:
-            G = generators.build(phase.kind, self.n, seed=round_seed(self.cfg.seed, rnd), **phase.generator_params())
+            G = generators.build(phase.kind, self.n, seed=streams.seed_of(self.cfg.seed, Stream.GRAPH, 0, rnd), **phase.generator_params())
             return RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), f"dynamic {phase.kind}")
         if index not in self._static:
             G = self._base if index == 0 and self._base is not None else self.static_graph(phase)
