@@ -89,3 +89,56 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("nodes = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_old_flat_configs_still_load():
+    """Configs written before the options tables (module options as section keys): keys the
+    module takes move into its table; others are dropped when they hold the old default (old
+    resolved configs listed every key) and refused otherwise."""
+    old = {"data": {"dataset": "digits", "partition": "iid", "alpha": 0.5, "shards_per_node": 2},
+           "topology": {"kind": "ring", "degree": 4},
+           "training": {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
+                        "betas": [0.9, 0.99], "eps": 1e-8},
+           "sharing": {"name": "topk", "fraction": 0.2}}
+    cfg = parse_config(old, check_files=False)
+    assert cfg.topology.options == {} and cfg.data.partition_options == {}
+    assert cfg.training.optimizer_options == {"betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.0}
+    assert cfg.sharing.options == {"fraction": 0.2, "error_feedback": False}
+    with pytest.raises(ConfigError, match="topology.options.degree is not an option of topology.kind = 'ring'"):
+        parse_config({"topology": {"kind": "ring", "degree": 8}}, check_files=False)
+    with pytest.raises(ConfigError, match="keep only options.fraction"):
+        parse_config({"sharing": {"name": "topk", "fraction": 0.2, "options": {"fraction": 0.3}}}, check_files=False)
+
+
+@pytest.mark.parametrize("override", ["topology.kind=ring", "data.partition=iid", "training.optimizer=adam",
+                                      "sharing.name=full"])
+def test_naming_another_module_drops_the_options_of_the_previous_one(override):
+    base = load_config(EXAMPLES / "sharing" / "choco.toml", ["training.optimizer_options.momentum=0.9"])
+    raw = apply_overrides(base.to_toml_dict(), [override])
+    cfg = parse_config(raw, check_files=False)
+    section, _, value = override.partition("=")
+    assert str(cfg.model_dump()[section.split(".")[0]][section.split(".")[1]]) == value
+    kept = parse_config(apply_overrides(base.to_toml_dict(), ["sharing.name=choco"]), check_files=False)
+    assert kept.sharing.options == base.sharing.options   # the same module keeps its options
+
+
+def test_abstract_or_foreign_plugins_are_config_errors(tmp_path):
+    (tmp_path / "half.py").write_text("from meshlearn.sharing import Sharing\n\n\n"
+                                      "class Half(Sharing):\n    def encode(self, nodes, rnd):\n        return {}\n")
+    (tmp_path / "exp.toml").write_text('[sharing]\nname = "half.py:Half"\n')
+    with pytest.raises(ConfigError, match="sharing.name = '.*half.py:Half' is abstract: implement aggregate"):
+        load_config(tmp_path / "exp.toml")
+    with pytest.raises(ConfigError, match="is abstract: implement on_trained"):
+        parse_config({"algorithm": {"name": "meshlearn.algorithms:AsyncAlgorithm"}}, check_files=False)
+
+
+def test_import_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "paths_rules.py").write_text(
+        "from meshlearn.sharing import FullSharing\n\n\nclass Mine(FullSharing):\n    pass\n")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "exp.toml").write_text('import_paths = ["../lib"]\n[sharing]\nname = "paths_rules:Mine"\n')
+    monkeypatch.chdir("/")
+    cfg = load_config(tmp_path / "conf" / "exp.toml")
+    assert cfg.import_paths == [str((tmp_path / "lib").resolve())]
+    assert cfg.sharing.implementation().__name__ == "Mine"

@@ -9,13 +9,13 @@ import scipy.sparse as sp
 import torch
 
 from conftest import small_config
-from meshlearn import sharing, topology, wire
+from meshlearn import topology, wire
 from meshlearn.config import ConfigError, load_config, parse_config
 from meshlearn.engines.reference import ReferenceDPSGD
 from meshlearn.engines.sim import SimEngine, SimInbox
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing import Inbox, compressors, partial_average
+from meshlearn.sharing import ChocoSharing, Inbox, TopKSharing, compressors, partial_average
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "sharing"
 
@@ -164,7 +164,7 @@ def test_topk_error_feedback_measures_change_from_the_last_sent_values():
     def node(*values):  # one node, 100 parameters, k = 1
         return torch.tensor([[*values] + [0.0] * (100 - len(values))])
 
-    scheme = sharing.build("topk", fraction=0.01, error_feedback=True)
+    scheme = TopKSharing(fraction=0.01, error_feedback=True)
     nodes = NodeBatch(torch.arange(1), torch.zeros(1, 100))
     scheme.setup(nodes)
     nodes.params = node(1.0, 0.6, 0.5)
@@ -175,7 +175,7 @@ def test_topk_error_feedback_measures_change_from_the_last_sent_values():
     nodes.params = node(1.0, 0.6, 0.9, 0.1)
     assert scheme.encode(nodes, 3)["indices"].tolist() == [[1]]  # the residual of round 1 is still there
 
-    plain = sharing.build("topk", fraction=0.01)
+    plain = TopKSharing(fraction=0.01)
     nodes = NodeBatch(torch.arange(1), torch.zeros(1, 100))
     plain.setup(nodes)
     nodes.params = node(0.0, 0.6, 0.5)
@@ -217,7 +217,7 @@ def test_choco_gossip_keeps_the_average_and_reaches_consensus(compressor):
     off = (mixing - sp.diags(mixing.diagonal())).tocsr().astype(np.float32)
     off.eliminate_zeros()
     self_weight = torch.from_numpy(mixing.diagonal().astype(np.float32))
-    scheme = sharing.build("choco", gamma=0.1, compressor=compressor)
+    scheme = ChocoSharing(gamma=0.1, compressor=compressor)
     nodes = NodeBatch(torch.arange(n), torch.randn(n, size, generator=torch.Generator().manual_seed(0)))
     scheme.setup(nodes)
     mean, spread = nodes.params.mean(0), nodes.params.var(0).sum()

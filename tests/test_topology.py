@@ -96,7 +96,7 @@ def test_erdos_renyi_connected_and_reproducible():
 
 
 def test_erdos_renyi_too_sparse_says_raise_p():
-    with pytest.raises(ValueError, match=r"topology\.p"):
+    with pytest.raises(ValueError, match=r"topology\.options\.p"):
         topology.erdos_renyi(60, 0.005, seed=0)
 
 
@@ -140,17 +140,17 @@ def test_registry_and_build():
 @pytest.mark.parametrize(
     "kind,n,params,key",
     [
-        ("regular", 8, {"degree": 8}, "topology.degree = 8 must be < nodes = 8"),
+        ("regular", 8, {"degree": 8}, "topology.options.degree = 8 must be < nodes = 8"),
         ("regular", 7, {"degree": 3}, "n·d must be even"),
-        ("regular", 8, {"degree": 0}, "topology.degree"),
-        ("regular", 8, {}, "topology.degree"),
-        ("erdos_renyi", 8, {"p": 0.0}, "topology.p"),
-        ("erdos_renyi", 8, {"p": 1.5}, "topology.p"),
-        ("watts_strogatz", 8, {"k": 8, "p": 0.1}, "topology.k"),
-        ("watts_strogatz", 8, {"k": 1, "p": 0.1}, "topology.k"),
-        ("watts_strogatz", 8, {"k": 3, "p": 0.1}, "topology.k"),
-        ("torus", 12, {"rows": 5}, "topology.rows"),
-        ("grid", 12, {"rows": 0}, "topology.rows"),
+        ("regular", 8, {"degree": 0}, "topology.options.degree"),
+        ("regular", 8, {}, "topology.options.degree"),
+        ("erdos_renyi", 8, {"p": 0.0}, "topology.options.p"),
+        ("erdos_renyi", 8, {"p": 1.5}, "topology.options.p"),
+        ("watts_strogatz", 8, {"k": 8, "p": 0.1}, "topology.options.k"),
+        ("watts_strogatz", 8, {"k": 1, "p": 0.1}, "topology.options.k"),
+        ("watts_strogatz", 8, {"k": 3, "p": 0.1}, "topology.options.k"),
+        ("torus", 12, {"rows": 5}, "topology.options.rows"),
+        ("grid", 12, {"rows": 0}, "topology.options.rows"),
         ("ring", 0, {}, "nodes"),
         ("hypercube", 8, {}, "ring"),  # unknown kind lists the valid ones
     ],
@@ -174,7 +174,7 @@ def test_check_params_messages_say_the_fix():
     assert "lower the degree or add nodes" in str(exc.value)
     with pytest.raises(ValueError) as exc:
         topology.check_params("regular", 7, degree=3)
-    assert "change topology.degree or nodes" in str(exc.value)
+    assert "change topology.options.degree or nodes" in str(exc.value)
     with pytest.raises(ValueError) as exc:
         topology.check_params("torus", 12, rows=5)
     assert "1, 2, 3, 4, 6, 12" in str(exc.value)
@@ -424,7 +424,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     out = tmp_path / "x.edges"
     assert cli(["topology", "generate", "regular", "--nodes", "8", "--degree", "8", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "topology.degree" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "topology.options.degree" in err and err.count("\n") == 1
     assert not out.exists()
 
     assert cli(["topology", "inspect", str(tmp_path / "missing.edges")]) == 2

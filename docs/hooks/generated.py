@@ -90,7 +90,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def families(folder: str) -> str:
     """The families table, with links to the family pages relative to the page's ``folder``."""
     rows = [(f"[{fam.name}]({posixpath.relpath(f'families/{fam.name}.md', folder or '.')})", code(fam.key),
-             code(describe.OPTIONS_KEY[fam.name]), text(fam.doc, cell=True),
+             code(fam.options_key), text(fam.doc, cell=True),
              ", ".join(code(name) for name in fam.builtins()))
             for fam in plugins.FAMILIES.values()]
     return table(("family", "chosen by", "options in", "what it is", "built-ins"), rows)

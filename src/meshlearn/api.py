@@ -12,7 +12,6 @@ read into the ``Run`` and the folder is deleted, so nothing is left on disk.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -20,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshlearn.config import ConfigError, ExperimentConfig, parse_config, tomllib
+from meshlearn.config import ConfigError, ExperimentConfig, load_config, parse_config, set_values, tomllib
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
     from meshlearn.callbacks import Callback
 
-__all__ = ["run", "load_run", "Run", "set_values"]
+__all__ = ["run", "load_run", "Run"]
 
 
 def run(config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -127,29 +126,6 @@ class Run:
                 f"dir={None if self.dir is None else str(self.dir)!r})")
 
 
-def set_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the raw config ``raw`` with keys set: like ``config.apply_overrides``, but the
-    keys are dotted or double-underscored paths (``training__lr``) and the values are Python
-    values, used as given (None removes the key, so its default applies)."""
-    raw = copy.deepcopy(raw)
-    for key, value in values.items():
-        path = key.replace("__", ".")
-        *parents, leaf = path.split(".")
-        if not all(parents) or not leaf:
-            raise ConfigError(f"{key!r} is not a config key; write section__key (training__lr) or section.key")
-        node = raw
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{key} = {value!r}: {part!r} is not a section")
-            node = child
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return raw
-
-
 def _config(config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike,
             overrides: Mapping[str, Any]) -> ExperimentConfig:
     """A validated config from any of the accepted forms, with ``overrides`` applied."""
@@ -159,11 +135,4 @@ def _config(config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike,
         return parse_config(set_values(dict(config), overrides))
     if not isinstance(config, (str, os.PathLike)):
         raise TypeError(f"config is an ExperimentConfig, a dict or a TOML file path, not {type(config).__name__}")
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(set_values(raw, overrides), folder=path.resolve().parent)
+    return load_config(config, values=overrides)

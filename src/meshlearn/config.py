@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -38,20 +39,35 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _move_legacy(raw: Any, keys: tuple[str, ...], into: str) -> Any:
-    """Old configs gave a module's options as keys of its section; they now live in one
-    table (``into``). Moving them keeps old configs working; they are checked there. A key
-    given both ways is refused rather than one of them silently winning."""
+# the defaults old configs wrote for keys now in a module's options table, whatever the module
+_OLD_DEFAULTS = {"alpha": 0.5, "shards_per_node": 2, "degree": 4, "momentum": 0.0, "nesterov": False,
+                 "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8}
+
+
+def _move_legacy(section: type[BaseModel], raw: Any, keys: tuple[str, ...], family_name: str,
+                 name_field: str) -> Any:
+    """Old configs gave a module's options as keys of their section; they now live in one
+    table, where they are checked. An old key the named module does not take is dropped when
+    it holds the old default (resolved old configs listed every key), and otherwise moved and
+    refused there, naming it. A key given both ways is refused rather than one silently winning."""
     if not isinstance(raw, dict) or not any(key in raw for key in keys):
         return raw
     raw = dict(raw)
+    into = plugins.family(family_name).options_key.rpartition(".")[2]
+    name = raw.get(name_field, section.model_fields[name_field].default)
+    try:
+        accepted = {o.name for o in plugins.options_of(family_name, plugins.resolve(
+            family_name, plugins.absolute_spec(name)))}
+    except ValueError:   # not a generator ('file', 'epidemic'), or not loadable (reported later)
+        accepted = set()
     table = raw.get(into)
     moved = dict(table) if isinstance(table, dict) else {}
     for key in keys:
         if key not in raw:
             continue
         value = raw.pop(key)
-        if value is None:   # unset, as old configs wrote it
+        old_default = _OLD_DEFAULTS.get(key, object())
+        if value is None or key not in accepted and (list(value) if isinstance(value, tuple) else value) == old_default:
             continue
         if key in moved and moved[key] != value:
             raise ValueError(f"{key} is given twice, as {key} = {value!r} and {into}.{key} = {moved[key]!r}: "
@@ -59,6 +75,9 @@ def _move_legacy(raw: Any, keys: tuple[str, ...], into: str) -> Any:
         moved[key] = value
     raw[into] = moved
     return raw
+
+
+_GENERATED_ELSEWHERE = ("file", "epidemic")   # topology kinds that are not graph generators
 
 
 class _Module(_Section):
@@ -75,7 +94,7 @@ class _Module(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_options(cls, raw: Any) -> Any:
-        return _move_legacy(raw, cls.LEGACY, "options")
+        return _move_legacy(cls, raw, cls.LEGACY, cls.FAMILY, "name")
 
     @model_validator(mode="after")
     def _check_options(self) -> "_Module":
@@ -102,7 +121,7 @@ class DataConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_options(cls, raw: Any) -> Any:
-        return _move_legacy(raw, ("alpha", "shards_per_node"), "partition_options")
+        return _move_legacy(cls, raw, ("alpha", "shards_per_node"), "partitioner", "partition")
 
     @model_validator(mode="after")
     def _check_options(self) -> "DataConfig":
@@ -114,9 +133,6 @@ class DataConfig(_Section):
         object.__setattr__(self, "partition_options", plugins.check_options(
             "partitioner", self.partition, self.partition_options, "data.partition_options"))
         return self
-
-
-_GENERATED_ELSEWHERE = ("file", "epidemic")   # kinds that are not graph generators
 
 
 class GraphConfig(_Section):
@@ -132,7 +148,7 @@ class GraphConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_options(cls, raw: Any) -> Any:
-        return _move_legacy(raw, ("degree", "p", "k", "rows"), "options")
+        return _move_legacy(cls, raw, ("degree", "p", "k", "rows"), "topology", "kind")
 
     @model_validator(mode="after")
     def _check_options(self) -> "GraphConfig":
@@ -145,10 +161,6 @@ class GraphConfig(_Section):
         object.__setattr__(self, "options", plugins.check_options("topology", self.kind, self.options,
                                                                   "topology.options"))
         return self
-
-    def generator_params(self) -> dict[str, Any]:
-        """The generator's options (defaults filled in)."""
-        return dict(self.options)
 
     def check(self, nodes: int, where: str = "topology") -> None:
         """Reject impossible settings, naming the key."""
@@ -169,9 +181,9 @@ class GraphConfig(_Section):
                                  "write one with 'meshlearn topology generate ... -o FILE'")
         elif self.kind in topology.TOPOLOGIES:
             try:
-                topology.check_params(self.kind, nodes, **self.generator_params())
+                topology.check_params(self.kind, nodes, **self.options)
             except ValueError as exc:
-                raise ValueError(str(exc).replace("topology.", f"{where}.options.")) from None
+                raise ValueError(str(exc).replace("topology.", f"{where}.")) from None
         if self.peers is not None and self.kind != "epidemic":
             raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic'; remove it")
 
@@ -185,6 +197,11 @@ class TopologyPhase(GraphConfig):
 class TopologyConfig(GraphConfig):
     schedule: list[TopologyPhase] = Field(default_factory=list, description="graphs that take over later")
     final_average: bool = Field(False, description="average all models globally in the last round")
+
+    @property
+    def static(self) -> bool:
+        """Every round uses the same graph (no schedule, re-drawing, final average or epidemic pushes)."""
+        return not (self.schedule or self.dynamic or self.final_average or self.kind == "epidemic")
 
 
 class ModelConfig(_Module):
@@ -206,7 +223,8 @@ class TrainingConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _legacy_options(cls, raw: Any) -> Any:
-        return _move_legacy(raw, ("momentum", "nesterov", "weight_decay", "betas", "eps"), "optimizer_options")
+        return _move_legacy(cls, raw, ("momentum", "nesterov", "weight_decay", "betas", "eps"), "optimizer",
+                            "optimizer")
 
     @model_validator(mode="after")
     def _one_budget(self) -> "TrainingConfig":
@@ -222,7 +240,7 @@ class TrainingConfig(_Section):
         object.__setattr__(self, "optimizer_options", options)
         try:   # cross-option rules live in the constructor (it is cheap: no state yet)
             plugins.build("optimizer", self.optimizer, options, lr=self.lr)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"training.optimizer_options: {exc}") from None
         return self
 
@@ -315,7 +333,7 @@ class SharingConfig(_Module):
     def _scheme_builds(self) -> "SharingConfig":
         try:   # cross-option rules live in the constructor (it is cheap: no state yet)
             self.build(seed=0)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"sharing.options: {exc}") from None
         if self.compression != "none":
             from meshlearn import wire
@@ -397,15 +415,16 @@ class ExperimentConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    import_paths: list[str] = Field(default_factory=list, description="folders importable by plug-ins "
-                                    "(default: the config file's folder and the working directory)")
+    import_paths: list[str] = Field(default_factory=list, description="more folders importable by plug-ins, "
+                                    "relative to the config file (its folder and the working directory always are)")
 
     @model_validator(mode="before")
     @classmethod
     def _importable(cls, raw: Any) -> Any:
         """Plug-ins named by import path must import while the sections are checked."""
         if isinstance(raw, dict) and isinstance(raw.get("import_paths"), list):
-            plugins.add_import_paths(str(p) for p in raw["import_paths"])
+            raw = {**raw, "import_paths": [plugins.config_path(str(p)) for p in raw["import_paths"]]}
+            plugins.add_import_paths(raw["import_paths"])
         return raw
 
     @model_validator(mode="after")
@@ -428,9 +447,10 @@ class ExperimentConfig(_Section):
         if self.privacy.secagg is not None:
             from meshlearn.sharing import FullSharing
 
-            if self.sharing.implementation() is not FullSharing:   # secure aggregation replaces the scheme
-                raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set sharing.name = 'full', "
-                                 "or remove [privacy.secagg]")
+            # secure aggregation replaces the sharing scheme: a scheme of the user's own would be dropped
+            if not self.algorithm.implementation().supports_secagg or self.sharing.implementation() is not FullSharing:
+                raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set algorithm.name = "
+                                 "'dpsgd' and sharing.name = 'full', or remove [privacy.secagg]")
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")
@@ -455,13 +475,12 @@ def parse_config(raw: dict[str, Any], *, check_files: bool = True,
     """Validate a config dict; raise ConfigError with one line per problem.
 
     ``folder`` is where the config file lives: ``"file.py:Name"`` plug-ins are relative to
-    it, and it (with the working directory) is importable unless ``import_paths`` says otherwise.
+    it, and it and the working directory are importable (for the rest of the process, and in
+    the run's worker processes: ``plugins.import_folders``).
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a table of sections, got {type(raw).__name__}")
-    if "import_paths" not in raw:
-        raw = {**raw, "import_paths": list(dict.fromkeys(
-            str(Path(p).resolve()) for p in ([folder] if folder is not None else []) + [Path.cwd()]))}
+    plugins.add_import_paths([*([folder] if folder is not None else []), Path.cwd()])
     try:
         with plugins.config_folder(folder):
             cfg = ExperimentConfig.model_validate(raw)
@@ -474,8 +493,10 @@ def parse_config(raw: dict[str, Any], *, check_files: bool = True,
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> ExperimentConfig:
-    """Read a TOML experiment file, apply ``key=value`` overrides, and validate it."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True,
+                values: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read a TOML experiment file, apply ``key=value`` overrides (and ``set_values``), and
+    validate it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
@@ -483,30 +504,60 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, check_f
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    raw = apply_overrides(raw, overrides or [])
+    raw = set_values(apply_overrides(raw, overrides or []), values or {})
     return parse_config(raw, check_files=check_files, folder=path.resolve().parent)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set section.key=value`` overrides; values are parsed as TOML (else kept as text)."""
-    raw = copy.deepcopy(raw)
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set training.lr=0.1")
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
+            values[key.strip()] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            value = text
+            values[key.strip()] = text
+    return set_values(raw, values)
+
+
+def set_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the raw config with keys set: dotted paths (or ``section__key``), Python
+    values used as given (None removes a key, so its default applies). Naming another
+    implementation of a module (``sharing.name``, ``topology.kind``...) drops the options the
+    config gave the previous one, which the new one would not take."""
+    raw = copy.deepcopy(raw)
+    for key, value in values.items():
+        path = key.replace("__", ".")
+        *parents, leaf = path.split(".")
+        if not leaf or not all(parents):
+            raise ConfigError(f"{key!r} is not a config key; write section.key (or section__key), e.g. training.lr")
         node = raw
-        *parents, leaf = key.strip().split(".")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+                raise ConfigError(f"{key} = {value!r}: {part!r} is not a section")
             node = child
+        if value is None:
+            node.pop(leaf, None)
+            continue
+        options = _OPTIONS_OF_NAME.get(path)
+        if options is not None and value != node.get(leaf, _default_name(path)):
+            node.pop(options, None)
         node[leaf] = value
     return raw
+
+
+# the options table that goes with each module-naming key of a section, e.g. sharing.name → options
+_OPTIONS_OF_NAME = {f.key: f.options_key.rpartition(".")[2] for f in plugins.FAMILIES.values()
+                    if f.key.count(".") == 1}
+
+
+def _default_name(path: str) -> Any:
+    section, _, leaf = path.partition(".")
+    return getattr(ExperimentConfig.model_fields[section].default_factory(), leaf, None) \
+        if section in ExperimentConfig.model_fields else None
 
 
 def _format_validation_error(exc: ValidationError) -> str:

@@ -62,7 +62,7 @@ class Experiment:
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)
-        batching, chunk = default_batching(cfg.model.name)
+        batching, chunk = default_batching(model)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         return cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
@@ -113,10 +113,10 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
             raise ValueError(f"topology.path = {topo.path!r} has {graph.number_of_nodes()} nodes but "
                              f"nodes = {cfg.nodes}; make them agree")
     else:
-        graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.generator_params())
+        graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.options)
     if cfg.nodes > 1 and not topo.dynamic and not topology.is_connected(graph):
         raise ValueError("the topology is not connected, so models can never reach consensus; "
-                         "raise topology.degree / topology.p or fix the topology file")
+                         "raise topology.options.degree / topology.options.p or fix the topology file")
     return graph
 
 

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 __all__ = ["Family", "FAMILIES", "Spec", "ModuleOf", "family", "resolve", "options_of", "check_options",
-           "build", "locate", "canonical", "absolute_spec", "add_import_paths", "config_folder", "config_path",
+           "build", "locate", "canonical", "absolute_spec", "add_import_paths", "import_folders", "config_folder", "config_path",
            "ConfigPath", "summary"]
 
 
@@ -60,11 +60,13 @@ class Family:
 
     ``registry`` ("module:ATTR") holds the built-ins by name; ``base`` ("module:Class"), where
     set, is the class a plug-in must subclass; ``provided`` are parameters the framework fills
-    in (never options); ``key`` is the config key that names the implementation.
+    in (never options); ``key`` is the config key that names the implementation and
+    ``options_key`` the table of its options.
     """
 
     name: str
     key: str
+    options_key: str
     registry: str
     provided: tuple[str, ...] = ()
     base: str | None = None
@@ -78,22 +80,26 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("algorithm", "algorithm.name", "meshlearn.algorithms:ALGORITHMS", ("sharing",),
+    Family("algorithm", "algorithm.name", "algorithm.options", "meshlearn.algorithms:ALGORITHMS", ("sharing",),
            "meshlearn.algorithms.base:Algorithm", "what every node does in a round (or on events, if asynchronous)"),
-    Family("sharing", "sharing.name", "meshlearn.sharing:SHARINGS", ("seed",), "meshlearn.sharing.base:Sharing",
+    Family("sharing", "sharing.name", "sharing.options", "meshlearn.sharing:SHARINGS", ("seed",),
+           "meshlearn.sharing.base:Sharing",
            "what nodes send and how they aggregate what they receive"),
-    Family("compressor", "sharing.options.compressor", "meshlearn.sharing.compressors:COMPRESSORS", ("seed",),
+    Family("compressor", "sharing.options.compressor", "sharing.options.compressor.options",
+           "meshlearn.sharing.compressors:COMPRESSORS", ("seed",),
            "meshlearn.sharing.compressors:Compressor", "maps model rows to a (smaller) payload and back"),
-    Family("dataset", "data.dataset", "meshlearn.data.datasets:DATASETS", ("root",), None,
+    Family("dataset", "data.dataset", "data.options", "meshlearn.data.datasets:DATASETS", ("root",), None,
            "reads a whole task from files on disk into a Dataset"),
-    Family("partitioner", "data.partition", "meshlearn.data.partition:PARTITIONS",
+    Family("partitioner", "data.partition", "data.partition_options", "meshlearn.data.partition:PARTITIONS",
            ("labels", "num_nodes", "rng", "users", "seed", "min_samples"), None,
            "splits the training set across nodes (a list of index arrays)"),
-    Family("topology", "topology.kind", "meshlearn.topology.generators:TOPOLOGIES", ("n", "seed"), None,
+    Family("topology", "topology.kind", "topology.options", "meshlearn.topology.generators:TOPOLOGIES",
+           ("n", "seed"), None,
            "builds the communication graph (a networkx graph on nodes 0..n-1)"),
-    Family("model", "model.name", "meshlearn.models:MODELS", ("input_shape", "num_classes"),
+    Family("model", "model.name", "model.options", "meshlearn.models:MODELS", ("input_shape", "num_classes"),
            "torch.nn:Module", "the network every node trains"),
-    Family("optimizer", "training.optimizer", "meshlearn.training:OPTIMIZERS", ("lr",),
+    Family("optimizer", "training.optimizer", "training.optimizer_options", "meshlearn.training:OPTIMIZERS",
+           ("lr",),
            "meshlearn.training:Optimizer", "the local update rule, run on stacked nodes"),
 )}
 
@@ -120,19 +126,27 @@ def absolute_spec(spec: str, base_dir: str | Path | None = None) -> str:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target.endswith(".py"):
         return spec
-    base_dir = base_dir or _CONFIG_FOLDER.get() or Path.cwd()
-    path = Path(target).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir) / path
-    return f"{path.resolve()}:{attr}"
+    return f"{config_path(target, base_dir)}:{attr}"
+
+
+_ADDED: list[str] = []   # folders made importable for plug-ins in this process, oldest first
 
 
 def add_import_paths(paths: Iterable[str | Path]) -> None:
     """Make folders importable for ``"package.module:Name"`` plug-ins (first in ``sys.path``,
-    as Python does for a script's folder); each is added once."""
+    as Python does for a script's folder); each is added once, for the rest of the process
+    (a module imported from one stays imported: two plug-in folders should not reuse a
+    module name)."""
     for p in reversed([str(Path(p).resolve()) for p in paths]):
         if p not in sys.path:
             sys.path.insert(0, p)
+        if p not in _ADDED:
+            _ADDED.append(p)
+
+
+def import_folders() -> list[str]:
+    """The folders made importable so far: worker processes make them importable too."""
+    return list(_ADDED)
 
 
 _CONFIG_FOLDER: ContextVar[Path | None] = ContextVar("meshlearn_config_folder", default=None)
@@ -148,13 +162,13 @@ def config_folder(folder: str | Path | None) -> Iterator[None]:
         _CONFIG_FOLDER.reset(token)
 
 
-def config_path(path: str) -> str:
-    """``path`` made absolute against the folder of the config being parsed (else the working
-    directory), the rule of ``"file.py:Name"`` specs, so the resolved config finds the file
-    from any working directory and on every worker."""
+def config_path(path: str, base_dir: str | Path | None = None) -> str:
+    """``path`` made absolute against ``base_dir`` (default: the folder of the config being
+    parsed, else the working directory), the rule of ``"file.py:Name"`` specs, so the resolved
+    config finds the file from any working directory and on every worker."""
     target = Path(path).expanduser()
     if not target.is_absolute():
-        target = (_CONFIG_FOLDER.get() or Path.cwd()) / target
+        target = Path(base_dir or _CONFIG_FOLDER.get() or Path.cwd()) / target
     return str(target.resolve())
 
 
@@ -217,6 +231,8 @@ def resolve(family_name: str, spec: str) -> Any:
     base = fam.base_class()
     if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
         raise ValueError(f"{fam.key} = {spec!r} is not a subclass of {base.__module__}.{base.__qualname__}")
+    if inspect.isabstract(obj):
+        raise ValueError(f"{fam.key} = {spec!r} is abstract: implement {', '.join(sorted(obj.__abstractmethods__))}")
     if base is None and not callable(obj):
         raise ValueError(f"{fam.key} = {spec!r} is not callable")
     return obj

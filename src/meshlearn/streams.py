@@ -1,4 +1,4 @@
-"""Random streams: every random draw of a run comes from one key, ``[seed, stream, node, round]``.
+"""Random streams: the random draws of a run come from one key, ``[seed, stream, node, round]``.
 
 A draw depends only on the experiment seed, its purpose (a ``Stream``), the node it belongs
 to and the round, never on which engine, worker or process makes it; so engines agree on the
@@ -6,6 +6,11 @@ same seed, and results do not depend on placement. The purpose comes second in e
 each purpose has its own number, so no two purposes can ever share a stream (as they could
 when each module picked its own key shape). Parts a purpose does not use are 0; some purposes
 append more parts (an exchange step, a message sequence number).
+
+Two draws do not go through a key: the synthetic dataset's own ``seed`` option, a property
+of the dataset rather than of the run (runs with different seeds see the same data), and the
+retry seeds a random graph generator redraws a disconnected graph with, which it derives from
+the seed it is given.
 
 Plug-ins that need randomness take ``Stream.USER`` plus a number of their own (``user(k)``).
 """

@@ -33,19 +33,16 @@ from meshlearn.streams import Stream
 
 __all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps"]
 
-# Batched training per model, chosen by measurement (benchmarks/sim_scaling.py):
-# batched (vmap) convolutions and LSTMs are slower than running their plain kernels
-# node by node, so those models train in a loop over nodes.
-_LOOP_MODELS = {"char_lstm", "lenet", "femnist_cnn"}
-_CHUNK_SIZES = {"logreg": 32, "mlp": 64}
 # With DP, a chunk's per-sample gradients (chunk × batch_size × P floats) stay under this.
 _PER_SAMPLE_GRAD_BYTES = 1 << 28
 
 
-def default_batching(model_name: str) -> tuple[str, int]:
-    """(strategy, chunk size) measured to be fastest for a registered model."""
-    strategy = "loop" if model_name in _LOOP_MODELS else "vmap"
-    return strategy, _CHUNK_SIZES.get(model_name, 16)
+def default_batching(model: nn.Module) -> tuple[str, int]:
+    """(strategy, chunk size) for a model: its class attributes ``batching`` ("vmap" or
+    "loop") and ``chunk_size`` where it has them (set by measurement on the built-in models,
+    benchmarks/sim_scaling.py), else vmap over chunks of 16 nodes."""
+    cls = type(model)
+    return getattr(cls, "batching", "vmap"), int(getattr(cls, "chunk_size", 16))
 
 
 def local_steps(cfg: TrainingConfig, num_samples: int) -> int:

@@ -87,7 +87,7 @@ class AsyncAlgorithm(Algorithm):
         if cfg.engine.name != "sim":
             raise ValueError(f"{what} is asynchronous and runs on engine.name = 'sim' (its event-driven clock); "
                              "use a synchronous algorithm on other engines")
-        if topo.schedule or topo.final_average or topo.dynamic or topo.kind == "epidemic":
+        if not topo.static:
             raise ValueError(f"{what} gossips over a fixed graph: remove the topology schedule, dynamic and "
                              "final_average settings")
         if not issubclass(cfg.sharing.implementation(), FullSharing):

@@ -69,7 +69,7 @@ class Algorithm(ABC):
         """Refuse an ``ExperimentConfig`` this algorithm cannot run, naming the key to change."""
         topo, what = cfg.topology, f"algorithm.name = {cfg.algorithm.name!r}"
         if cls.server:
-            if topo.kind != "star" or topo.schedule or topo.dynamic or topo.final_average:
+            if topo.kind != "star" or not topo.static:
                 raise ValueError(f"{what} runs a server (node 0) and its clients on a star: "
                                  "set topology.kind = 'star' with no schedule")
             if cfg.nodes < 2:
@@ -77,9 +77,6 @@ class Algorithm(ABC):
             if not cfg.sharing.implementation().dense:
                 raise ValueError(f"{what} sends whole models to and from the server: use a sharing scheme "
                                  "that sends whole models, e.g. sharing.name = 'full' or 'quantize'")
-        if cfg.privacy.secagg is not None and not cls.supports_secagg:
-            raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set algorithm.name = "
-                             "'dpsgd', or remove [privacy.secagg]")
 
     supports_secagg: ClassVar[bool] = False
     """Its exchanges can be secure aggregation's masked, per-link messages (D-PSGD)."""

@@ -26,6 +26,8 @@ __all__ = ["FedAvg", "ParameterServer", "SERVER"]
 
 SERVER = 0
 
+ClientFraction = Annotated[float, Field(gt=0, le=1, description="share of the clients sampled each round")]
+
 
 class FedAvg(Algorithm):
     """FedAvg (McMahan et al., AISTATS 2017): sampled clients train from the global model,
@@ -35,8 +37,7 @@ class FedAvg(Algorithm):
     server = True
 
     def __init__(self, sharing: Sharing,
-                 client_fraction: Annotated[float, Field(gt=0, le=1, description="share of the clients "
-                                                         "sampled each round")] = 1.0):
+                 client_fraction: ClientFraction = 1.0):
         super().__init__(sharing)
         self.client_fraction = client_fraction
 
@@ -94,8 +95,7 @@ class ParameterServer(FedAvg):
     name = "parameter_server"
 
     def __init__(self, sharing: Sharing,
-                 client_fraction: Annotated[float, Field(gt=0, le=1, description="share of the clients "
-                                                         "sampled each round")] = 1.0,
+                 client_fraction: ClientFraction = 1.0,
                  server_lr: Annotated[float, Field(gt=0, description="step size of the averaged update")] = 1.0,
                  server_momentum: Annotated[float, Field(ge=0, lt=1, description="momentum of the server's "
                                                          "update")] = 0.0):

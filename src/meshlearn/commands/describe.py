@@ -20,17 +20,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-# where a config gives the options of each family's implementation
-OPTIONS_KEY = {
-    "algorithm": "algorithm.options",
-    "sharing": "sharing.options",
-    "compressor": "sharing.options.compressor.options",
-    "dataset": "data.options",
-    "partitioner": "data.partition_options",
-    "topology": "topology.options",
-    "model": "model.options",
-    "optimizer": "training.optimizer_options",
-}
 
 
 def add_parser(subparsers) -> None:
@@ -105,7 +94,7 @@ def describe_command(args: argparse.Namespace) -> int:
         console.print(reflow(doc), highlight=False, markup=False)
     rows = option_rows(args.family, obj)
     if rows:
-        table = Table(title=f"options, in {OPTIONS_KEY[args.family]}")
+        table = Table(title=f"options, in {plugins.family(args.family).options_key}")
         for column in ("option", "type", "default", "description"):
             table.add_column(column)
         for row in rows:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import zmq
 
+from meshlearn import plugins
 from meshlearn.config import ConfigError
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.worker import NODE_METRICS, pack, unpack
@@ -189,7 +190,8 @@ class ProcessesEngine:
         host, port = self.bind[k]
         return {"kind": "setup", "config": self.experiment.config.model_dump(mode="json"), "run_id": self.run_id,
                 "nodes": self.assignment[k], "threads": self.threads, "keep_models": self.keep_models,
-                "host": None if self.placement == "ray" else host, "port": port}
+                "host": None if self.placement == "ray" else host, "port": port,
+                "import_paths": plugins.import_folders()}   # where the launcher found the plug-ins
 
     def _handshake(self, kind: str, on_message) -> None:
         """Wait until every live worker sent ``kind``, calling ``on_message`` for each."""

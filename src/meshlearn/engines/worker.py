@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import zmq
 
-from meshlearn import wire
+from meshlearn import plugins, wire
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.sim import GraphLinks, LinkCache, message_meta
 from meshlearn.evaluation import Evaluator
@@ -430,6 +430,7 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         control.send(pack({"kind": "hello", "worker": index, "pid": os.getpid()}))
         setup = _wait_for(control, "setup")
         torch.set_num_threads(setup["threads"])
+        plugins.add_import_paths(setup.get("import_paths", []))
         cfg = parse_config(setup["config"], check_files=False)
         experiment = Experiment.build(cfg)
         transport = Transport(host or setup["host"], setup.get("port") or 0,

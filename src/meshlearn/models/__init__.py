@@ -28,6 +28,8 @@ __all__ = [
 class LogisticRegression(nn.Module):
     """Multinomial logistic regression on flattened inputs."""
 
+    chunk_size = 32   # nodes per batched (vmap) training call: fastest measured
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
         self.linear = nn.Linear(_flat_size(input_shape), num_classes)
@@ -38,6 +40,8 @@ class LogisticRegression(nn.Module):
 
 class MLP(nn.Module):
     """Fully connected network with ReLU hidden layers."""
+
+    chunk_size = 64
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (64,)):
         super().__init__()
@@ -54,6 +58,8 @@ class MLP(nn.Module):
 
 class LeNet(nn.Module):
     """LeNet-5-style CNN for 28×28 (MNIST-like) or 32×32 (CIFAR-like) images."""
+
+    batching = "loop"   # batched (vmap) convolutions are slower than their plain kernels node by node
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
@@ -81,6 +87,8 @@ class FEMNISTCNN(nn.Module):
     28×28 inputs) DecentralizePy uses for FEMNIST; ``hidden=2048`` gives LEAF's original.
     """
 
+    batching = "loop"   # batched (vmap) convolutions are slower than their plain kernels node by node
+
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 512):
         super().__init__()
         channels, height, width = _image_shape(input_shape, "femnist_cnn")
@@ -99,6 +107,8 @@ class FEMNISTCNN(nn.Module):
 
 class CharLSTM(nn.Module):
     """LEAF Shakespeare next-character model: embedding, 2-layer LSTM, linear head."""
+
+    batching = "loop"   # batched (vmap) LSTMs are slower than their plain kernels node by node
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, embedding_dim: int = 8,
                  hidden_size: int = 256, num_layers: int = 2, vocab_size: int | None = None):
@@ -123,8 +133,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    """Instantiate a registered model or ``"pkg.module:Class"`` / ``"file.py:Class"``; the
-    class gets ``(input_shape, num_classes, **kwargs)``."""
+    """Instantiate a registered model or ``"pkg.module:Class"`` / ``"file.py:Class"``: a
+    ``torch.nn.Module`` whose ``__init__`` takes ``input_shape`` and ``num_classes`` (by these
+    names) and its options as keyword arguments. Class attributes ``batching`` ("vmap" or
+    "loop") and ``chunk_size`` choose how the simulator trains it (``training.default_batching``)."""
     from meshlearn import plugins
 
     return plugins.build("model", name, kwargs, input_shape=tuple(input_shape), num_classes=num_classes)

@@ -13,12 +13,5 @@ SHARINGS: dict[str, type[Sharing]] = {
 }
 
 
-def build(name: str, seed: int = 0, **options) -> Sharing:
-    """The scheme ``name`` (built-in or import path) with its options and the experiment seed."""
-    from meshlearn import plugins
-
-    return plugins.build("sharing", name, options, seed=seed)
-
-
 __all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "PartialSharing", "partial_average",
-           "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS", "build"]
+           "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS"]

@@ -168,7 +168,7 @@ class Sharing(ABC):
             raise ValueError(f"{what} needs every message to arrive (sender and receivers keep copies of each "
                              "other's public models); set network.loss = 0 and no lossy classes, or use another "
                              "sharing scheme")
-        if cls.static_graph and (topo.schedule or topo.dynamic or topo.final_average or topo.kind == "epidemic"):
+        if cls.static_graph and not topo.static:
             raise ValueError(f"{what} keeps state about its fixed neighbours, so it needs a static topology: "
                              "remove topology.dynamic, schedule, final_average and kind = 'epidemic', or use "
                              "another sharing scheme")

@@ -29,10 +29,17 @@ from meshlearn.streams import Stream
 from meshlearn.wire import MessageError
 
 __all__ = [
-    "Compressor", "Identity", "TopK", "RandomK", "QSGD", "Uniform", "COMPRESSORS", "build",
+    "Compressor", "Identity", "TopK", "RandomK", "QSGD", "Uniform", "COMPRESSORS",
     "round_seeds", "count", "top_indices", "encode_support", "decode_support", "scatter", "pack_bits",
-    "unpack_bits",
+    "unpack_bits", "Fraction", "BucketSize", "Levels", "Bits",
 ]
+
+# Options shared by the compressors and by the sharing schemes built on them.
+Fraction = Annotated[float, Field(gt=0, le=1, description="share of the parameters sent each round")]
+BucketSize = Annotated[int, Field(ge=0, description="coordinates per scale (0 = one scale for all)")]
+Levels = Annotated[int, Field(ge=1, le=127, description="levels per sign (2·levels+1 codes, e.g. 7 → 4 bits)")]
+Bits = Annotated[int, Field(ge=1, le=8, description="bits per coordinate")]
+
 
 def round_seeds(seed: int, ids: torch.Tensor, rnd: int, stream: int) -> list[int]:
     """One 63-bit seed per node for this round and purpose, independent of where the node runs."""
@@ -167,7 +174,7 @@ class _Sparsifier(Compressor):
     """k = fraction·P coordinates per node: their values and their support."""
 
 
-    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the coordinates sent")] = 0.1, seed: int = 0):
+    def __init__(self, fraction: Fraction = 0.1, seed: int = 0):
         super().__init__(seed)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction = {fraction} must be in (0, 1]")
@@ -225,7 +232,7 @@ class RandomK(_Sparsifier):
 
     name = "randomk"
 
-    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the coordinates sent")] = 0.1,
+    def __init__(self, fraction: Fraction = 0.1,
                  indices: Annotated[Literal["seed", "explicit"], Field(
                      description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
                  seed: int = 0):
@@ -260,7 +267,7 @@ class RandomK(_Sparsifier):
 class _Bucketed(Compressor):
     """Quantizers with one scale per bucket of ``bucket_size`` coordinates (0: one bucket)."""
 
-    def __init__(self, bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0):
+    def __init__(self, bucket_size: BucketSize = 512, seed: int = 0):
         super().__init__(seed)
         if bucket_size < 0:
             raise ValueError(f"bucket_size = {bucket_size} must be ≥ 0")
@@ -293,8 +300,7 @@ class QSGD(_Bucketed):
 
     name = "qsgd"
 
-    def __init__(self, levels: Annotated[int, Field(ge=1, le=127, description="levels per sign")] = 7,
-                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0,
+    def __init__(self, levels: Levels = 7, bucket_size: BucketSize = 512, seed: int = 0,
                  scaled: Annotated[bool, Field(description="divide by τ: a contraction (CHOCO-SGD)")] = False):
         super().__init__(bucket_size, seed)
         if not 1 <= levels <= 127:
@@ -342,8 +348,7 @@ class Uniform(_Bucketed):
 
     name = "uniform"
 
-    def __init__(self, bits: Annotated[int, Field(ge=1, le=8, description="bits per coordinate")] = 8,
-                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = all)")] = 512, seed: int = 0):
+    def __init__(self, bits: Bits = 8, bucket_size: BucketSize = 512, seed: int = 0):
         super().__init__(bucket_size, seed)
         if not 1 <= bits <= 8:
             raise ValueError(f"bits = {bits} must be in 1..8")
@@ -372,10 +377,3 @@ class Uniform(_Bucketed):
 COMPRESSORS: dict[str, type[Compressor]] = {
     c.name: c for c in (Identity, TopK, RandomK, QSGD, Uniform)
 }
-
-
-def build(name: str, seed: int = 0, **options) -> Compressor:
-    """The compressor ``name`` (built-in or import path); ``seed`` drives its randomness."""
-    from meshlearn import plugins
-
-    return plugins.build("compressor", name, options, seed=seed)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, Payload, Sharing, dense_average
-from meshlearn.sharing.compressors import QSGD, Uniform
+from meshlearn.sharing.compressors import QSGD, Bits, BucketSize, Levels, Uniform
 
 
 class QuantizeSharing(Sharing):
@@ -24,12 +24,9 @@ class QuantizeSharing(Sharing):
     name = "quantize"
     dense = True
 
-    def __init__(self, method: Annotated[Literal["qsgd", "uniform"], Field(description="QSGD or uniform")] = "qsgd",
-                 levels: Annotated[int, Field(ge=1, le=127, description="qsgd: levels per sign (2·levels+1 "
-                                              "codes, e.g. 7 → 4 bits)")] = 7,
-                 bits: Annotated[int, Field(ge=1, le=8, description="uniform: bits per coordinate")] = 8,
-                 bucket_size: Annotated[int, Field(ge=0, description="coordinates per scale (0 = the whole "
-                                                   "model)")] = 512,
+    def __init__(self, method: Annotated[Literal["qsgd", "uniform"], Field(
+                     description="QSGD (takes levels) or uniform (takes bits)")] = "qsgd",
+                 levels: Levels = 7, bits: Bits = 8, bucket_size: BucketSize = 512,
                  seed: int = 0):
         super().__init__(seed)
         if method == "qsgd":

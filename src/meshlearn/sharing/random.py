@@ -15,7 +15,7 @@ from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import PartialSharing, Payload
-from meshlearn.sharing.compressors import RandomK
+from meshlearn.sharing.compressors import Fraction, RandomK
 
 
 class RandomSharing(PartialSharing):
@@ -23,7 +23,7 @@ class RandomSharing(PartialSharing):
 
     name = "random"
 
-    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the parameters sent each round")] = 0.1,
+    def __init__(self, fraction: Fraction = 0.1,
                  indices: Annotated[Literal["seed", "explicit"], Field(
                      description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
                  seed: int = 0):

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, PartialSharing, Payload
-from meshlearn.sharing.compressors import TopK, top_indices
+from meshlearn.sharing.compressors import Fraction, TopK, top_indices
 
 
 class TopKSharing(PartialSharing):
@@ -23,7 +23,7 @@ class TopKSharing(PartialSharing):
 
     name = "topk"
 
-    def __init__(self, fraction: Annotated[float, Field(gt=0, le=1, description="share of the parameters sent each round")] = 0.1,
+    def __init__(self, fraction: Fraction = 0.1,
                  error_feedback: Annotated[bool, Field(description="accumulate unsent changes (residual)")] = False,
                  seed: int = 0):
         super().__init__(seed)

@@ -132,7 +132,7 @@ def regular(n: int, degree: int = 4, seed: int | None = 0) -> nx.Graph:
             return G
     raise ValueError(
         f"no connected {degree}-regular graph on nodes = {n} in {MAX_TRIES} draws; "
-        "raise topology.degree"
+        "raise topology.options.degree"
     )
 
 
@@ -147,7 +147,7 @@ def erdos_renyi(n: int, p: float, seed: int | None = 0) -> nx.Graph:
     """G(n, p) random graph, redrawn (with derived seeds) until connected.
 
     Connectivity needs p above roughly ln(n)/n; below that every draw is likely
-    disconnected and a ``ValueError`` says how far to raise ``topology.p``.
+    disconnected and a ``ValueError`` says how far to raise ``topology.options.p``.
     """
     gen = nx.fast_gnp_random_graph if p < 0.2 else nx.gnp_random_graph
     for attempt in range(MAX_TRIES):
@@ -156,8 +156,8 @@ def erdos_renyi(n: int, p: float, seed: int | None = 0) -> nx.Graph:
             return G
     threshold = math.log(n) / n
     raise ValueError(
-        f"erdos_renyi with nodes = {n} and topology.p = {p} gave no connected graph in "
-        f"{MAX_TRIES} draws; raise topology.p (connectivity needs p > ln(n)/n ≈ {threshold:.3g})"
+        f"erdos_renyi with nodes = {n} and topology.options.p = {p} gave no connected graph in "
+        f"{MAX_TRIES} draws; raise topology.options.p (connectivity needs p > ln(n)/n ≈ {threshold:.3g})"
     )
 
 
@@ -171,8 +171,8 @@ def watts_strogatz(n: int, k: int, p: float, seed: int | None = 0) -> nx.Graph:
         if nx.is_connected(G):
             return G
     raise ValueError(
-        f"watts_strogatz with nodes = {n}, topology.k = {k}, topology.p = {p} gave no "
-        f"connected graph in {MAX_TRIES} draws; raise topology.k or lower topology.p"
+        f"watts_strogatz with nodes = {n}, topology.options.k = {k}, topology.options.p = {p} gave no "
+        f"connected graph in {MAX_TRIES} draws; raise topology.options.k or lower topology.options.p"
     )
 
 
@@ -255,56 +255,56 @@ def check_params(kind: str, n: int, **params: Any) -> None:
     given = {key: value for key, value in params.items() if value is not None and key in accepted}
     for key in required:
         if key not in given:
-            raise ValueError(f"topology.kind = {kind!r} needs topology.{key}")
+            raise ValueError(f"topology.kind = {kind!r} needs topology.options.{key}")
     for key in ("degree", "k", "rows"):
         if key in given and not _is_int(given[key]):
-            raise ValueError(f"topology.{key} = {given[key]!r} must be an integer")
+            raise ValueError(f"topology.options.{key} = {given[key]!r} must be an integer")
     if "p" in given and not _is_real(given["p"]):
-        raise ValueError(f"topology.p = {given['p']!r} must be a number")
+        raise ValueError(f"topology.options.p = {given['p']!r} must be a number")
 
     if kind == "regular":
         d = given["degree"]
         if d < 1:
-            raise ValueError(f"topology.degree = {d} must be >= 1")
+            raise ValueError(f"topology.options.degree = {d} must be >= 1")
         if d >= n:
             raise ValueError(
-                f"topology.degree = {d} must be < nodes = {n}; lower the degree or add nodes"
+                f"topology.options.degree = {d} must be < nodes = {n}; lower the degree or add nodes"
             )
         if (n * d) % 2:
             raise ValueError(
-                f"topology.degree = {d} with nodes = {n}: n·d must be even: "
-                "change topology.degree or nodes"
+                f"topology.options.degree = {d} with nodes = {n}: n·d must be even: "
+                "change topology.options.degree or nodes"
             )
         if d == 1 and n > 2:
             raise ValueError(
-                f"topology.degree = 1 splits nodes = {n} into disconnected pairs; "
-                "use topology.degree >= 2"
+                f"topology.options.degree = 1 splits nodes = {n} into disconnected pairs; "
+                "use topology.options.degree >= 2"
             )
     elif kind == "erdos_renyi":
         p = given["p"]
         if not 0 < p <= 1:
-            raise ValueError(f"topology.p = {p} must be in (0, 1]; it is the edge probability")
+            raise ValueError(f"topology.options.p = {p} must be in (0, 1]; it is the edge probability")
     elif kind == "watts_strogatz":
         k, p = given["k"], given["p"]
         if k < 2:
-            raise ValueError(f"topology.k = {k} must be >= 2 (neighbours in the ring lattice)")
+            raise ValueError(f"topology.options.k = {k} must be >= 2 (neighbours in the ring lattice)")
         if k >= n:
-            raise ValueError(f"topology.k = {k} must be < nodes = {n}; lower topology.k or add nodes")
+            raise ValueError(f"topology.options.k = {k} must be < nodes = {n}; lower topology.options.k or add nodes")
         if k % 2:
             raise ValueError(
-                f"topology.k = {k} must be even (k/2 neighbours on each side); "
-                f"use topology.k = {k - 1} or {k + 1}"
+                f"topology.options.k = {k} must be even (k/2 neighbours on each side); "
+                f"use topology.options.k = {k - 1} or {k + 1}"
             )
         if not 0 <= p <= 1:
-            raise ValueError(f"topology.p = {p} must be in [0, 1]; it is the rewiring probability")
+            raise ValueError(f"topology.options.p = {p} must be in [0, 1]; it is the rewiring probability")
     elif kind in ("torus", "grid") and "rows" in given:
         rows = given["rows"]
         if rows < 1 or n % rows:
             divisors = [r for r in range(1, n + 1) if n % r == 0]
             shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
             raise ValueError(
-                f"topology.rows = {rows} must divide nodes = {n}; use one of {shown} "
-                "or leave topology.rows unset"
+                f"topology.options.rows = {rows} must divide nodes = {n}; use one of {shown} "
+                "or leave topology.options.rows unset"
             )
 
 

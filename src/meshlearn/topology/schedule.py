@@ -166,7 +166,8 @@ class TopologySchedule:
         if phase.kind == "epidemic":
             return epidemic(self.n, phase.peers, self.cfg.seed, rnd)
         if phase.dynamic:
-            G = generators.build(phase.kind, self.n, seed=streams.seed_of(self.cfg.seed, Stream.GRAPH, 0, rnd), **phase.generator_params())
+            G = generators.build(phase.kind, self.n, seed=streams.seed_of(self.cfg.seed, Stream.GRAPH, 0, rnd),
+                                 **phase.options)
             return RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), f"dynamic {phase.kind}")
         if index not in self._static:
             G = self._base if index == 0 and self._base is not None else self.static_graph(phase)
@@ -185,4 +186,4 @@ class TopologySchedule:
                 raise ValueError(f"{where}.path = {phase.path!r} has {G.number_of_nodes()} nodes but "
                                  f"nodes = {self.n}; make them agree")
             return G
-        return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.generator_params())
+        return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.options)
