@@ -36,8 +36,9 @@ import torch
 from meshlearn import streams, wire
 from meshlearn.algorithms.asynchronous import Message
 from meshlearn.config import ComputeConfig
-from meshlearn.engines.sim import GraphLinks, evaluate_if_due, message_meta, payload_bytes
-from meshlearn.evaluation import Evaluator, RoundReport
+from meshlearn.engines.host import NodeHost, evaluate_if_due
+from meshlearn.engines.links import GraphLinks, message_meta, payload_bytes
+from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Payload
@@ -67,7 +68,7 @@ def speed_factors(cfg: ComputeConfig, seed: int, num_nodes: int) -> np.ndarray:
     return np.maximum([draw(node) for node in range(num_nodes)], _MIN_FACTOR)
 
 
-class AsyncSimEngine:
+class AsyncSimEngine(NodeHost):
     """Runs an asynchronous algorithm (an ``AsyncAlgorithm``) of an ``Experiment`` with every
     node in this process, on a virtual clock; it is the ``AsyncContext`` of the algorithm."""
 
@@ -75,17 +76,10 @@ class AsyncSimEngine:
 
     def __init__(self, experiment: Experiment, run_id: str = "sim"):
         cfg = experiment.config
-        self.experiment = experiment
-        self.run_id = run_id
-        self.codec = cfg.sharing.compression
         n = experiment.num_nodes
         ids = list(range(n))
-        self.nodes = NodeBatch(torch.arange(n), experiment.initial_params(ids))
-        self.trainer = experiment.make_trainer(ids)
-        self.trainer.init_state(self.nodes)
-        self.algorithm = experiment.make_algorithm()
-        self.algorithm.setup(self.nodes, experiment)
-        self.evaluator = Evaluator(experiment)
+        super().__init__(experiment, ids)
+        self.run_id = run_id
         self.graph = experiment.topology.graph(1)      # asynchronous algorithms gossip over a fixed graph
         self.links = GraphLinks(self.graph, cfg.network, cfg.seed)
         self.window = cfg.compute.mean_s
@@ -98,13 +92,8 @@ class AsyncSimEngine:
         self._uncomputed = np.zeros(n, dtype=bool)
         self._running_loss = torch.full((n,), float("nan"))
         self._ready = np.zeros(n)                            # no training starts before (waits)
-        self.last_loss = torch.full((n,), float("nan"))
-        self.updates = np.zeros(n, dtype=np.int64)          # local trainings completed
-        self.bytes_sent = np.zeros(n, dtype=np.int64)       # cumulative, per node
-        self.header_bytes = np.zeros(n, dtype=np.int64)     # the header part of bytes_sent
-        self.raw_bytes_sent = np.zeros(n, dtype=np.int64)   # bytes_sent without the lossless stage
-        self.messages_lost = np.zeros(n, dtype=np.int64)    # incoming messages lost (emulated)
-        self.message_bytes = 0                               # size of node 0's last message
+        self.updates = self.counters["updates"] = np.zeros(n, dtype=np.int64)   # local trainings completed
+        self.messages_lost = self.counters["messages_lost"]
         self.events = 0
         self.train_time = self.eval_time = 0.0
         self._queue: list[tuple] = [(0.0, node, node, _BEGIN, None) for node in ids]  # sorted: a heap
@@ -132,9 +121,7 @@ class AsyncSimEngine:
             self.train_time += time.perf_counter() - t0
         evaluation, seconds = evaluate_if_due(self.evaluator, self.nodes, self.experiment.topology, rnd)
         self.eval_time += seconds
-        metrics = {"updates": self.updates.copy(), "messages_lost": self.messages_lost.copy()}
-        if self.codec != "none":
-            metrics["bytes_uncompressed"] = self.raw_bytes_sent.copy()
+        metrics = self.node_metrics()
         return RoundReport(rnd, np.arange(len(self.updates)), self.last_loss.numpy().copy(),
                            self.bytes_sent.copy(), self.header_bytes.copy(), self.train_time,
                            rnd * self.window, evaluation, self.eval_time, metrics)
@@ -247,7 +234,9 @@ class AsyncSimEngine:
         size = header + ids + int(payload_bytes({name: t[None] for name, t in payload.items()}, self.codec)[0])
         self.header_bytes[src] += header + ids
         self.bytes_sent[src] += size
-        self.raw_bytes_sent[src] += raw_header + ids + sum(t.numel() * t.element_size() for t in payload.values())
+        if self.codec != "none":
+            self.counters["bytes_uncompressed"][src] += raw_header + ids + sum(t.numel() * t.element_size()
+                                                                              for t in payload.values())
         if src == 0:
             self.message_bytes = size
         return size

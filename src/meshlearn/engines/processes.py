@@ -25,7 +25,8 @@ import zmq
 from meshlearn import plugins
 from meshlearn.config import ConfigError
 from meshlearn.engines.hosts import Hosts, split_nodes
-from meshlearn.engines.worker import NODE_METRICS, pack, unpack
+from meshlearn.engines.ray_actor import RayHandle, import_ray
+from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.sharing.secure import SECAGG_METRICS
@@ -171,7 +172,7 @@ class ProcessesEngine:
     # launching
     def _control_host(self) -> str:
         if self.placement == "ray":
-            ray = _import_ray()
+            ray = import_ray()
             if not ray.is_initialized():
                 address = self.ray_address or os.environ.get("RAY_ADDRESS")
                 ray.init(address=address, log_to_driver=True) if address else \
@@ -183,7 +184,7 @@ class ProcessesEngine:
 
     def _spawn(self, address: str, k: int):
         if self.placement == "ray":
-            return _RayHandle(address, k)
+            return RayHandle(address, k)
         return _ProcessHandle(address, k)
 
     def _setup(self, k: int) -> dict[str, Any]:
@@ -332,60 +333,3 @@ class _ProcessHandle:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-class _RayHandle:
-    """A worker as a Ray actor, placed by Ray on any machine of the cluster."""
-
-    def __init__(self, address: str, k: int):
-        import ray
-
-        self.ray = ray
-        self.actor = _ray_worker_class().options(num_cpus=1, name=None).remote()
-        self.ref = self.actor.serve.remote(address, k)
-
-    def exit_code(self) -> int | None:
-        ready, _ = self.ray.wait([self.ref], timeout=0)
-        if not ready:
-            return None
-        try:
-            return int(self.ray.get(ready[0]))
-        except Exception:  # the actor died (killed, out of memory, node lost)
-            return -9
-
-    def kill(self) -> None:
-        self.ray.kill(self.actor, no_restart=True)
-
-    def finish(self, timeout: float) -> None:
-        ready, _ = self.ray.wait([self.ref], timeout=timeout)
-        if not ready:
-            self.kill()
-
-
-_RAY_WORKER = None
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("engine.name = 'ray' needs Ray: pip install 'meshlearn[ray]' "
-                          "(or use engine.name = 'processes')") from None
-    return ray
-
-
-def _ray_worker_class():
-    """The actor class, defined on first use so the base install never imports Ray."""
-    global _RAY_WORKER
-    if _RAY_WORKER is None:
-        ray = _import_ray()
-
-        @ray.remote
-        class RayWorker:
-            def serve(self, control: str, index: int) -> int:
-                from meshlearn.engines.worker import serve
-
-                return serve(control, index, host=ray.util.get_node_ip_address())
-
-        _RAY_WORKER = RayWorker
-    return _RAY_WORKER

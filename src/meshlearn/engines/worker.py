@@ -22,38 +22,24 @@ import traceback
 from collections import defaultdict
 from collections.abc import Iterator
 
-import msgpack
 import numpy as np
 import torch
 import zmq
 
 from meshlearn import plugins, wire
 from meshlearn.engines.network import renormalized
-from meshlearn.engines.sim import GraphLinks, LinkCache, message_meta
-from meshlearn.evaluation import Evaluator
+from meshlearn.engines.control import NODE_METRICS, pack, unpack
+from meshlearn.engines.host import NodeHost
+from meshlearn.engines.links import GraphLinks, LinkCache, message_meta
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
 from meshlearn.sharing.base import Received, received_chunks
 from meshlearn.topology.schedule import RoundGraph
 
-__all__ = ["Worker", "MessageInbox", "main", "pack", "unpack"]
+__all__ = ["Worker", "MessageInbox", "main"]
 
 log = logging.getLogger("meshlearn.worker")
-
-NODE_METRICS = ("bytes_received", "messages_lost", "messages_missing")
-
-
-def pack(obj: dict) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(frame: bytes) -> dict:
-    obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-        raise ValueError("control message is not a map with a 'kind'")
-    return obj
-
 
 class MessageInbox(Inbox):
     """What a worker's nodes received: one payload per sender, weights per (receiver, sender).
@@ -123,25 +109,18 @@ class MessageInbox(Inbox):
         self.self_weight = self.self_weight * (before / self.kept).float()
 
 
-class Worker:
+class Worker(NodeHost):
     """Hosts ``node_ids`` of an experiment; a ``RoundContext`` over the transport."""
 
     def __init__(self, experiment, run_id: str, index: int, node_ids: list[int], owner: np.ndarray,
                  transport, control=None):
+        super().__init__(experiment, node_ids)
         cfg = experiment.config
-        self.experiment, self.run_id, self.index = experiment, run_id, index
+        self.run_id, self.index = run_id, index
         self.owner, self.transport, self.control = owner, transport, control
         self.timeout_s = cfg.engine.timeout_s
         self.max_bytes = cfg.engine.max_message_bytes
-        self.local_ids = list(node_ids)
         self.row_of = {node: row for row, node in enumerate(self.local_ids)}
-        self.nodes = NodeBatch(torch.tensor(self.local_ids, dtype=torch.int64),
-                               experiment.initial_params(self.local_ids))
-        self.trainer = experiment.make_trainer(self.local_ids)
-        self.trainer.init_state(self.nodes)
-        self.algorithm = experiment.make_algorithm()
-        self.algorithm.setup(self.nodes, experiment)
-        self.evaluator = Evaluator(experiment)
         self.topology = experiment.topology
         self.links = LinkCache(experiment)
         self.down: set[int] = set()                  # workers known to be gone
@@ -151,14 +130,8 @@ class Worker:
         self.arrived: dict[tuple[int, int], bool] = {}   # (dst, src) -> delivered
         self.models: dict = {}                           # src (or (dst, src) per link) -> tensors
         self.pending: dict[tuple[int, int], list] = defaultdict(list)  # (rnd, step) -> early messages
-        b = len(self.local_ids)
-        self.bytes_sent = np.zeros(b, dtype=np.int64)
-        self.header_bytes = np.zeros(b, dtype=np.int64)
-        self.counters = {name: np.zeros(b, dtype=np.int64) for name in NODE_METRICS}
-        self.codec = cfg.sharing.compression
-        if self.codec != "none":
-            self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
-        self.message_bytes = 0
+        for name in NODE_METRICS:   # what only a networked engine counts, besides messages_lost
+            self.counters.setdefault(name, np.zeros(len(self.local_ids), dtype=np.int64))
         self.spec: dict | None = None                    # names -> (dtype, shape) of a payload row
         self.per_link = False                            # the current exchange sends a message per link
         self.rejected = 0                                # invalid messages received
@@ -383,10 +356,7 @@ class Worker:
         msg = {"kind": "round", "worker": self.index, "rnd": rnd, "nodes": self.local_ids,
                "train_loss": loss.tolist(), "bytes_sent": self.bytes_sent.tolist(),
                "header_bytes": self.header_bytes.tolist(), "wall_time_s": elapsed,
-               **{name: values.tolist() for name, values in self.counters.items()}}
-        if self.experiment.config.privacy.dp is not None:   # a float per node, not an int counter
-            msg["epsilon"] = self.trainer.epsilon(self.local_ids).tolist()
-        msg.update({name: values.tolist() for name, values in self.algorithm.sharing.node_metrics(self.local_ids).items()})
+               **{name: values.tolist() for name, values in self.node_metrics().items()}}
         models = [self.nodes.params.numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
             return [pack(msg), *models]

@@ -1,0 +1,74 @@
+"""The nodes one process hosts, set up the same way by every engine.
+
+The simulators host every node of a run, a worker of the networked engines its share: in
+each case a ``NodeHost`` holds the nodes' stacked state, their local trainer, the algorithm
+(with its sharing scheme), the evaluator and the per-node traffic counters, so that a new
+piece of node state is added once for every engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from meshlearn import metrics
+from meshlearn.evaluation import Evaluation, Evaluator
+from meshlearn.nodes import NodeBatch
+from meshlearn.topology.schedule import TopologySchedule
+
+__all__ = ["NodeHost", "evaluate_if_due"]
+
+
+class NodeHost:
+    """Builds and holds the nodes ``node_ids`` of an ``Experiment``.
+
+    ``counters`` are cumulative int64 per-node figures the engine updates (``messages_lost``
+    always; ``bytes_uncompressed`` with a lossless stage; engines add their own);
+    ``node_metrics()`` is what a round report carries per node.
+    """
+
+    def __init__(self, experiment, node_ids: list[int]):
+        self.experiment = experiment
+        self.local_ids = [int(node) for node in node_ids]
+        self.nodes = NodeBatch(torch.tensor(self.local_ids, dtype=torch.int64),
+                               experiment.initial_params(self.local_ids))
+        self.trainer = experiment.make_trainer(self.local_ids)
+        self.trainer.init_state(self.nodes)
+        self.algorithm = experiment.make_algorithm()
+        self.algorithm.setup(self.nodes, experiment)
+        self.evaluator = Evaluator(experiment)
+        b = len(self.local_ids)
+        self.bytes_sent = np.zeros(b, dtype=np.int64)      # cumulative, per node
+        self.header_bytes = np.zeros(b, dtype=np.int64)    # the header part of bytes_sent
+        self.counters = {"messages_lost": np.zeros(b, dtype=np.int64)}   # incoming messages lost
+        self.codec = experiment.config.sharing.compression
+        if self.codec != "none":   # what bytes_sent would be without the lossless stage
+            self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
+        self.message_bytes = 0                              # size of one of the last messages sent
+        self.last_loss = torch.full((b,), float("nan"))
+
+    def node_metrics(self) -> dict[str, np.ndarray]:
+        """Per-node figures of a round report: the counters, the privacy spent (DP), and the
+        sharing scheme's own counters."""
+        out = {name: values.copy() for name, values in self.counters.items()}
+        if self.experiment.config.privacy.dp is not None:
+            out["epsilon"] = self.trainer.epsilon(self.local_ids)
+        out.update(self.algorithm.sharing.node_metrics(self.local_ids))
+        return out
+
+
+def evaluate_if_due(evaluator: Evaluator, nodes: NodeBatch, topology: TopologySchedule,
+                    rnd: int) -> tuple[Evaluation | None, float]:
+    """Round ``rnd``'s evaluation of all ``nodes`` (None when not due) and the seconds it
+    took; shared by the synchronous and the asynchronous simulator so both report alike."""
+    if not evaluator.due(rnd):
+        return None, 0.0
+    t0 = time.perf_counter()
+    params = nodes.params
+    evaluation = evaluator.local(nodes.ids, params)
+    evaluation.consensus_distance = metrics.consensus_distance(params)
+    evaluator.average(evaluation, params.mean(0))
+    evaluation.topology = topology.graph(rnd).describe()
+    return evaluation, time.perf_counter() - t0

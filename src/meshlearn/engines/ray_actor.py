@@ -1,0 +1,68 @@
+"""Workers as Ray actors: Ray places one actor per worker on any machine of its cluster.
+
+Ray is an optional extra (``pip install 'meshlearn[ray]'``): it is imported on first use, so
+the base install never needs it. The actor runs the same ``worker.serve`` as a worker process.
+"""
+
+from __future__ import annotations
+
+from meshlearn.config import ConfigError
+
+__all__ = ["RayHandle", "import_ray"]
+
+
+class RayHandle:
+    """A worker as a Ray actor, placed by Ray on any machine of the cluster."""
+
+    def __init__(self, address: str, k: int):
+        import ray
+
+        self.ray = ray
+        self.actor = _worker_class().options(num_cpus=1, name=None).remote()
+        self.ref = self.actor.serve.remote(address, k)
+
+    def exit_code(self) -> int | None:
+        ready, _ = self.ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            return int(self.ray.get(ready[0]))
+        except Exception:  # the actor died (killed, out of memory, node lost)
+            return -9
+
+    def kill(self) -> None:
+        self.ray.kill(self.actor, no_restart=True)
+
+    def finish(self, timeout: float) -> None:
+        ready, _ = self.ray.wait([self.ref], timeout=timeout)
+        if not ready:
+            self.kill()
+
+
+_RAY_WORKER = None
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("engine.name = 'ray' needs Ray: pip install 'meshlearn[ray]' "
+                          "(or use engine.name = 'processes')") from None
+    return ray
+
+
+def _worker_class():
+    """The actor class, defined on first use so the base install never imports Ray."""
+    global _RAY_WORKER
+    if _RAY_WORKER is None:
+        ray = import_ray()
+
+        @ray.remote
+        class RayWorker:
+            def serve(self, control: str, index: int) -> int:
+                from meshlearn.engines.worker import serve
+
+                return serve(control, index, host=ray.util.get_node_ip_address())
+
+        _RAY_WORKER = RayWorker
+    return _RAY_WORKER
