@@ -142,3 +142,20 @@ def test_import_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     cfg = load_config(tmp_path / "conf" / "exp.toml")
     assert cfg.import_paths == [str((tmp_path / "lib").resolve())]
     assert cfg.sharing.implementation().__name__ == "Mine"
+
+
+def test_entries_registered_by_hand_travel_as_import_paths(tmp_path, monkeypatch):
+    """A scheme put into the registry in the launching process is recorded by import path, so
+    that workers load the same class (or fail saying they cannot), never the stock one."""
+    from meshlearn import sharing
+
+    (tmp_path / "registered_rules.py").write_text(
+        "from meshlearn.sharing import FullSharing\n\n\nclass Loud(FullSharing):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from registered_rules import Loud
+
+    monkeypatch.setitem(sharing.SHARINGS, "full", Loud)
+    cfg = parse_config({"sharing": {"name": "full"}}, check_files=False)
+    assert cfg.sharing.name == "registered_rules:Loud"
+    monkeypatch.setitem(sharing.SHARINGS, "full", sharing.FullSharing)
+    assert parse_config(cfg.to_toml_dict(), check_files=False).sharing.implementation() is Loud

@@ -88,7 +88,7 @@ def test_dropped_neighbour_aborts_that_aggregate_only():
             assert torch.equal(engine.nodes.params[node], x[node])
         else:
             torch.testing.assert_close(engine.nodes.params[node], mixed[node], atol=1e-6, rtol=1e-6)
-    aborts = engine._node_metrics()["secagg_aborts"]
+    aborts = engine.node_metrics()["secagg_aborts"]
     np.testing.assert_array_equal(aborts, missed.astype(np.int64))
 
 
