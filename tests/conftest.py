@@ -14,6 +14,15 @@ def _single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance for the tests of one module (Ray starts offline in a few seconds)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 # where a section keeps the options of the module it names
 _OPTIONS = {"data": "partition_options", "topology": "options", "training": "optimizer_options",
             "algorithm": "options", "sharing": "options", "model": "options"}

@@ -86,14 +86,6 @@ def test_float16_on_processes():
     assert full.message_bytes - 2 * sim.message_bytes == pytest.approx(0, abs=200)   # headers aside
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_median_on_ray(ray_cluster):
     cfg = median_bundle(8, 4)
     sim, sim_reports = run_sim(cfg)

@@ -410,14 +410,6 @@ def test_cli_processes_run_reports_worker_metrics(tmp_path, capsys):
 
 # Ray placement (last: the module's Ray instance is shut down after it)
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_matches_sim(ray_cluster):
     cfg = small_config(nodes=8, rounds=3, engine__name="ray", engine__timeout_s=120)
     sim, sim_reports = run_sim(cfg)
