@@ -141,7 +141,8 @@ class GraphConfig(_Section):
     kind: str = Field("regular", description="built-in generator name, import path, 'file' or 'epidemic'")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the generator")
     path: str | None = Field(None, description="edge-list or adjacency-list file (kind = 'file')")
-    weights: Literal["metropolis_hastings", "uniform", "max_degree"] = "metropolis_hastings"
+    weights: Literal["metropolis_hastings", "uniform", "max_degree"] = Field(
+        "metropolis_hastings", description="gossip mixing weights of the graph's links")
     dynamic: bool = Field(False, description="re-draw the (random) graph every round from (seed, round)")
     peers: int | None = Field(None, ge=1, description="kind = 'epidemic': nodes each node pushes to per round")
 
@@ -212,9 +213,10 @@ class ModelConfig(_Module):
 
 
 class TrainingConfig(_Section):
-    local_steps: int | None = Field(10, ge=1)
-    local_epochs: float | None = Field(None, gt=0)
-    batch_size: int = Field(16, ge=1)
+    local_steps: int | None = Field(10, ge=1, description="local SGD steps per round (or set local_epochs)")
+    local_epochs: float | None = Field(None, gt=0, description="passes over the node's data per round, rounded "
+                                       "up to whole steps (instead of local_steps)")
+    batch_size: int = Field(16, ge=1, description="samples per local step")
     lr: float = Field(0.05, gt=0, description="learning rate of the local optimizer")
     optimizer: str = Field("sgd", description="built-in optimizer name or import path")
     optimizer_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the "
@@ -263,7 +265,8 @@ class ComputeConfig(_Section):
     ``lognormal`` (σ = spread, mean 1) or ``exponential`` (mean 1, heavy stragglers).
     """
 
-    distribution: Literal["constant", "uniform", "lognormal", "exponential"] = "constant"
+    distribution: Literal["constant", "uniform", "lognormal", "exponential"] = Field(
+        "constant", description="how nodes' training times spread around mean_s")
     mean_s: float = Field(1.0, gt=0, description="mean virtual seconds of one local training")
     spread: float = Field(0.5, ge=0, description="uniform: ± share of the mean; lognormal: σ")
 
@@ -352,13 +355,15 @@ class EvaluationConfig(_Section):
     every: int = Field(5, ge=1, description="evaluate every k rounds (and after the last)")
     nodes: int = Field(0, ge=0, description="evaluate this many sampled nodes; 0 = all")
     test_samples: int = Field(0, ge=0, description="use this many sampled test samples; 0 = all")
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(1024, ge=1, description="test samples per forward pass")
     average_model: bool = Field(True, description="also test the average of all node models")
 
 
 class EngineConfig(_Section):
-    name: Literal["sim", "processes", "ray"] = "sim"
-    batching: Literal["auto", "vmap", "loop"] = "auto"
+    name: Literal["sim", "processes", "ray"] = Field("sim", description="sim (vectorized, one process), "
+                                                     "processes (workers over ZeroMQ/TCP) or ray (workers as actors)")
+    batching: Literal["auto", "vmap", "loop"] = Field("auto", description="train nodes batched with vmap or in "
+                                                      "a loop (auto: the model's batching attribute)")
     chunk_size: int = Field(0, ge=0, description="nodes trained per batched call; 0 = chosen per model")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per process "
                                 "(default: all cores for sim, cores / workers for processes)")
@@ -400,10 +405,10 @@ class NetworkConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    name: str = "experiment"
-    seed: int = 0
-    nodes: int = Field(16, ge=1)
-    rounds: int = Field(20, ge=1)
+    name: str = Field("experiment", description="labels the run (default run directory runs/<name>-<time>)")
+    seed: int = Field(0, description="seeds every random draw of the run (streams.py)")
+    nodes: int = Field(16, ge=1, description="number of nodes")
+    rounds: int = Field(20, ge=1, description="number of rounds")
     data: DataConfig = Field(default_factory=DataConfig)
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
