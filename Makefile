@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/meshlearn run examples/quickstart.toml --out runs/quickstart
+	$(BIN)/meshlearn run examples/quickstart.toml --out runs/quickstart --overwrite
 	$(BIN)/meshlearn plot runs/quickstart -o runs/quickstart/accuracy.png
 
 test: $(STAMP)

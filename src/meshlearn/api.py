@@ -31,14 +31,15 @@ __all__ = ["run", "load_run", "Run"]
 
 
 def run(config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike, *, out: str | os.PathLike | None = None,
-        callbacks: Sequence[Callback] = (), engine_options: Mapping[str, Any] | None = None,
+        overwrite: bool = False, callbacks: Sequence[Callback] = (), engine_options: Mapping[str, Any] | None = None,
         **overrides: Any) -> Run:
     """Run an experiment and return its results.
 
     ``config``: an ``ExperimentConfig``, a raw config dict, or a TOML file. ``overrides`` set
     config keys by dotted path, written with double underscores (``training__lr=0.1``) or
     passed as ``**{"training.lr": 0.1}``; values are used as given. ``out``: the run
-    directory to write (default: none kept). ``callbacks``: ``meshlearn.callbacks.Callback``
+    directory to write (default: none kept); one that holds a run already is refused unless
+    ``overwrite``. ``callbacks``: ``meshlearn.callbacks.Callback``
     objects (loggers...). ``engine_options``: for the engine, e.g. ``{"ray_address": ...}``.
     """
     from meshlearn.results import MODELS_FILE
@@ -47,7 +48,7 @@ def run(config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike, *, out
     cfg = _config(config, overrides)
     options = dict(engine_options or {})
     if out is not None:
-        run_experiment(cfg, out, callbacks=callbacks, **options)
+        run_experiment(cfg, out, callbacks=callbacks, overwrite=overwrite, **options)
         return Run._read(Path(out), cfg)
     with tempfile.TemporaryDirectory(prefix="meshlearn-") as tmp:
         run_experiment(cfg, tmp, callbacks=callbacks, **options)

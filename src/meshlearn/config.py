@@ -357,6 +357,8 @@ class EvaluationConfig(_Section):
     test_samples: int = Field(0, ge=0, description="use this many sampled test samples; 0 = all")
     batch_size: int = Field(1024, ge=1, description="test samples per forward pass")
     average_model: bool = Field(True, description="also test the average of all node models")
+    stop_on_divergence: bool = Field(True, description="stop the run (status \"diverged\") once a node's model "
+                                     "turns NaN or infinite; false: record the round and keep going")
 
 
 class EngineConfig(_Section):

@@ -4,6 +4,10 @@ the final models (``models.safetensors``, written when a run completes).
 Lines are flushed as they are written and the summary is replaced atomically, so a run
 that crashes or is interrupted leaves every completed evaluation readable (its summary says
 ``"status": "interrupted"`` or ``"failed"``; a killed process leaves ``"running"``).
+
+A run claims its directory first (``claim_run_dir``): a ``.lock`` file holding the launcher's
+pid keeps a second run out while the first is alive, and a directory that already holds a
+run is only replaced when asked (``overwrite``), so results are never lost by accident.
 """
 
 from __future__ import annotations
@@ -12,14 +16,91 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-__all__ = ["RunWriter", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE"]
+__all__ = ["RunWriter", "RunDirError", "claim_run_dir", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE"]
 
 MODELS_FILE = "models.safetensors"
+LOCK_FILE = ".lock"
+# what a run writes (with the --log loggers' files): the files --overwrite removes
+RUN_FILES = ("config.toml", "rounds.jsonl", "nodes.jsonl", "nodes_final.json", "summary.json", MODELS_FILE,
+             "rounds.csv", "tensorboard", "wandb")
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used: another run holds it, or it holds results already."""
+
+
+@contextmanager
+def claim_run_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Hold ``out_dir`` for one run: take its lock, refuse (or with ``overwrite`` empty) a
+    directory that holds results already, and release the lock however the run ends."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run folder {out}: {exc.strerror}; choose another output "
+                          "folder (--out)") from None
+    lock = out / LOCK_FILE
+    _lock(lock)
+    try:
+        present = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+        if present and not overwrite:
+            listed = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+            raise RunDirError(f"{out} is not empty ({listed}): choose another output folder (--out), or pass "
+                              "--overwrite (overwrite=True from Python) to replace the run in it")
+        if overwrite:
+            for name in RUN_FILES:
+                path = out / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock(lock: Path) -> None:
+    """Create ``lock`` atomically with this process's pid; take over a lock whose process is gone."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is None or _alive(pid):
+                owner = f"pid {pid}" if pid is not None else "an unknown process"
+                raise RunDirError(f"{lock.parent} is in use by another run ({owner}): wait for it to end or "
+                                  f"choose another output folder (--out); if no run uses it, delete {lock}") from None
+            lock.unlink(missing_ok=True)   # stale: its run was killed
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return
+    raise RunDirError(f"{lock.parent} is in use by another run that started at the same time: choose another "
+                      "output folder (--out)")
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
 
 
 class RunWriter:

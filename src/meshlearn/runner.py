@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import platform
 import random
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -22,26 +24,66 @@ from meshlearn.evaluation import RoundReport, round_record
 from meshlearn.experiment import Experiment
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.privacy.secagg import KEY_BYTES
-from meshlearn.results import RunWriter
+from meshlearn.results import RunWriter, claim_run_dir
 
-__all__ = ["run_experiment"]
+__all__ = ["run_experiment", "RunInterrupted"]
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SIGHUP); ``signal`` is its name."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal = signal_name
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
                    on_round: Callable[[int, dict[str, Any] | None], None] | None = None, *,
-                   callbacks: Sequence[Callback] = (), **engine_options: Any) -> dict[str, Any]:
+                   callbacks: Sequence[Callback] = (), overwrite: bool = False,
+                   **engine_options: Any) -> dict[str, Any]:
     """Run ``cfg`` and write its run directory; returns the summary.
 
     ``callbacks`` see the run start, every evaluation and round, and its end (see
     ``Callback``); ``on_round(rnd, record)`` is a shorthand for one ``on_round`` hook, e.g.
     to drive a progress bar. ``engine_options`` go to the engine (e.g. ``workers`` for
-    ``processes``). The caller's torch threads and global random generators are left as
-    they were, so a run inside a notebook or a larger program changes nothing around it.
+    ``processes``). A directory that holds a run already is refused unless ``overwrite``.
+    SIGTERM and SIGHUP stop the run like Ctrl-C (``RunInterrupted``, a ``KeyboardInterrupt``),
+    so its summary records how it ended. The caller's signal handlers, torch threads and
+    global random generators are left as they were, so a run inside a notebook or a larger
+    program changes nothing around it.
     """
-    with _caller_state_kept():
+    with _caller_state_kept(), _signals_interrupt():
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
-        return _run(cfg, out_dir, on_round, list(callbacks), engine_options)
+        with claim_run_dir(out_dir, overwrite):
+            return _run(cfg, out_dir, on_round, list(callbacks), engine_options)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into ``RunInterrupted`` while the run lasts, then put the
+    previous handlers back. Handlers can only be set from the main thread: elsewhere the
+    signals keep their handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    fired: list[int] = []
+
+    def interrupt(signum, frame):
+        if not fired:   # once: a second signal must not cut short the closing of the run
+            fired.append(signum)
+            raise RunInterrupted(signal.Signals(signum).name)
+
+    names = [name for name in STOP_SIGNALS if hasattr(signal, name)]   # Windows has no SIGHUP
+    previous = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -78,6 +120,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         "python": platform.python_version(), "torch": torch.__version__,
     }
     report = None
+    diverged = None
     try:
         for callback in callbacks:
             callback.on_start(cfg)
@@ -100,12 +143,22 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
                     callback.on_round(rnd, record)
                 if on_round:
                     on_round(rnd, record)
-        params = _final_params(engine)
-        if params is not None:
-            writer.write_models(experiment.layout, params)
-        summary["status"] = "completed"
-    except KeyboardInterrupt:
+            bad = diverged_nodes(engine, report)
+            if bad and diverged is None:
+                diverged = summary["diverged"] = {"round": rnd, "nodes": bad}
+                if cfg.evaluation.stop_on_divergence:
+                    break
+        if diverged is not None and cfg.evaluation.stop_on_divergence:
+            summary["status"] = "diverged"
+        else:
+            params = _final_params(engine)
+            if params is not None:
+                writer.write_models(experiment.layout, params)
+            summary["status"] = "completed"
+    except KeyboardInterrupt as exc:
         summary["status"] = "interrupted"
+        if isinstance(exc, RunInterrupted):
+            summary["signal"] = exc.signal
         raise
     except BaseException as exc:
         summary["status"] = "failed"
@@ -133,6 +186,22 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         for callback in callbacks:
             callback.on_end(summary)
     return summary
+
+
+def diverged_nodes(engine, report: RoundReport) -> int:
+    """How many nodes' models have gone non-finite after a round: the nodes whose parameters
+    hold NaN or infinity (or overflow when summed), where the engine holds the models (sim,
+    async), and on evaluation rounds the evaluated nodes whose test loss is not finite (every
+    engine). The training loss cannot tell: NaN there also marks nodes that did not train."""
+    bad: set[int] = set()
+    nodes = getattr(engine, "nodes", None)
+    if nodes is not None:
+        finite = torch.isfinite(nodes.params.sum(dim=1)).cpu().numpy()
+        bad.update(np.flatnonzero(~finite).tolist())
+    if report.evaluation is not None:
+        ev = report.evaluation
+        bad.update(np.asarray(ev.nodes)[~np.isfinite(np.asarray(ev.loss, dtype=np.float64))].tolist())
+    return len(bad)
 
 
 def _final_params(engine) -> torch.Tensor | None:

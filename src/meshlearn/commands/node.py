@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path, TOML value), repeatable")
     parser.add_argument("--out", help="run directory for this machine's nodes (default: runs/<name>-machine<K>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the --out folder (default: refuse a folder that holds one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=node_command)
 
@@ -44,5 +46,5 @@ def node_command(args: argparse.Namespace) -> int:
     # every machine derives the same run id, so their messages are accepted by each other
     digest = hashlib.sha256(json.dumps(cfg.to_toml_dict(), sort_keys=True).encode() + hosts.digest().encode())
     out = Path(args.out or f"runs/{cfg.name}-machine{args.machine_id}")
-    return execute(cfg, out, no_progress=args.no_progress, hosts=hosts, machine_id=args.machine_id,
-                   run_id=digest.hexdigest()[:12])
+    return execute(cfg, out, no_progress=args.no_progress, overwrite=args.overwrite, hosts=hosts,
+                   machine_id=args.machine_id, run_id=digest.hexdigest()[:12])

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> None:
                         help="also log every evaluation to tensorboard (<out>/tensorboard), csv (<out>/rounds.csv) "
                              "or wandb (Weights & Biases, files in <out>/wandb; pip install 'meshlearn[wandb]', "
                              "WANDB_MODE=offline without network), repeatable")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the --out folder (default: refuse a folder that holds one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_command)
 
@@ -64,15 +66,20 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or f"runs/{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}")
     options = {"ray_address": args.ray_address} if args.ray_address else {}
-    return execute(cfg, out, no_progress=args.no_progress, log=args.log, **options)
+    return execute(cfg, out, no_progress=args.no_progress, log=args.log, overwrite=args.overwrite, **options)
 
 
 def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple[str, ...] = (),
-            **engine_options) -> int:
+            overwrite: bool = False, **engine_options) -> int:
     """Run ``cfg`` into ``out`` with a progress bar and a closing summary table; ``log``
-    names the loggers (``--log``) that also receive every evaluation."""
+    names the loggers (``--log``) that also receive every evaluation. Exit codes: 0 done,
+    2 bad input, 3 diverged, 128 + the signal's number when stopped by one (130 Ctrl-C,
+    143 SIGTERM, 129 SIGHUP)."""
+    import signal
+
     from meshlearn.callbacks import LoggerError
     from meshlearn.config import ConfigError
+    from meshlearn.results import RunDirError
     from meshlearn.runner import run_experiment
 
     err = Console(stderr=True)
@@ -98,23 +105,35 @@ def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple
                 if record and progress.disable:
                     console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
 
-            summary = run_experiment(cfg, out, on_round=on_round, callbacks=callbacks, **engine_options)
+            summary = run_experiment(cfg, out, on_round=on_round, callbacks=callbacks, overwrite=overwrite,
+                                     **engine_options)
+    except RunDirError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     except LoggerError as exc:
         err.print(f"[red]error:[/red] --log: {escape(str(exc))}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        err.print(f"interrupted: results so far are in {out}" if out.exists() else "interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal", "SIGINT")
+        where = f": results so far are in {out}" if (out / "summary.json").exists() else ""
+        err.print(f"interrupted by {name}{where}", highlight=False, markup=False, soft_wrap=True)
+        return 128 + getattr(signal, name)
     console.print(summary_table(summary))
     for failure in summary.get("failures", []):
         err.print(f"[yellow]worker {failure['worker']} failed[/yellow] ({failure['reason']}); its nodes "
                   f"{failure['nodes'][0]}..{failure['nodes'][-1]} stopped after round "
                   f"{failure['last_round_reported']}", highlight=False)
+    diverged = summary.get("diverged")
+    if diverged:
+        stopped = "stopped" if summary["status"] == "diverged" else "kept going (evaluation.stop_on_divergence = false)"
+        err.print(f"[yellow]warning:[/yellow] diverged at round {diverged['round']}: {diverged['nodes']} nodes' models "
+                  f"are NaN or infinite; {stopped}. Results: {out} (try a smaller training.lr)",
+                  highlight=False, soft_wrap=True)
     console.print(f"results: {out}")
-    return 0
+    return 3 if summary["status"] == "diverged" else 0
 
 
 def summary_table(summary: dict) -> Table:
