@@ -74,13 +74,15 @@ class Transport:
             return [frame.buffer for frame in self.pull.recv_multipart(copy=False)]
         return None
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
+        """Close the sockets; with ``flush``, first deliver what is queued for live peers (a
+        worker that was told to stop does not wait: nobody reads its messages any more)."""
         if self._sender is not None:
             self._queue.put(None)
             self._sender.join()
         for worker, sock in self.push.items():
             # what is queued for a dead worker can never be delivered: do not linger on it
-            sock.close(linger=0 if worker in self.closed_peers else None)
+            sock.close(linger=0 if worker in self.closed_peers or not flush else None)
         self.pull.close(linger=0)
         if self._own_context:
             self.context.term()

@@ -423,7 +423,10 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
                            "messages_rejected": worker.rejected, "send_failures": transport.send_failures,
                            **worker.times}))
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # stopped (or orphaned): the run is over, nothing queued is still awaited
+        if transport is not None:
+            transport.close(flush=False)
+            transport = None
         return 130
     except ConfigError as exc:   # the config does not load here (a plug-in this machine cannot import...)
         control.send(pack({"kind": "error", "worker": index, "config": True, "message": str(exc)}))
