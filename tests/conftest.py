@@ -1,3 +1,4 @@
+import psutil
 import pytest
 import torch
 
@@ -12,6 +13,18 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` whose process still runs (zombies count as gone)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 @pytest.fixture(scope="module")

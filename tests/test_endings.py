@@ -15,7 +15,7 @@ import psutil
 import pytest
 import tomli_w
 
-from conftest import small_config
+from conftest import alive, small_config
 from meshlearn.cli import main
 from meshlearn.results import RunDirError, read_jsonl
 from meshlearn.runner import run_experiment
@@ -60,17 +60,6 @@ def start_and_sigterm(tmp_path: Path, *extra: str):
             proc.kill()
             proc.wait()
     return code, err.read_text(), children, out
-
-
-def alive(pids) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def test_sigterm_stops_a_cli_run_honestly(tmp_path):

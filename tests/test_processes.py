@@ -26,7 +26,7 @@ import tomli_w
 import torch
 import zmq
 
-from conftest import small_config
+from conftest import alive, small_config
 from meshlearn import wire
 from meshlearn.cli import main
 from meshlearn.engines.processes import ProcessesEngine
@@ -128,17 +128,6 @@ def free_ports(count: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free ports")
-
-
-def alive(pids) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 # the same run as the simulator

@@ -100,7 +100,7 @@ def family(name: str) -> str:
     fam = plugins.FAMILIES[name]
     out = []
     for builtin, obj in fam.builtins().items():
-        out += [f"### `{builtin}`", "", f"`{describe.where(obj)}`", "", text(describe.docstring(obj)), ""]
+        out += [f"### `{builtin}`", "", f"`{plugins.import_path_of(obj)}`", "", text(describe.docstring(obj)), ""]
         rows = [(code(option), text(kind, cell=True), default(value), text(about, cell=True))
                 for option, kind, value, about in describe.option_rows(name, obj)]
         out += [table(("option", "type", "default", "description"), rows) if rows else "No options.", ""]

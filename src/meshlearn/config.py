@@ -80,12 +80,20 @@ def _move_legacy(section: type[BaseModel], raw: Any, keys: tuple[str, ...], fami
 _GENERATED_ELSEWHERE = ("file", "epidemic")   # topology kinds that are not graph generators
 
 
+def _resolve_module(section: BaseModel, family_name: str, name_field: str, options_field: str) -> None:
+    """Record the implementation a section names as every process can load it (``plugins.locate``)
+    and its options checked against its signature, defaults filled in."""
+    name = plugins.locate(family_name, getattr(section, name_field))
+    object.__setattr__(section, name_field, name)
+    object.__setattr__(section, options_field, plugins.check_options(
+        family_name, name, getattr(section, options_field), plugins.family(family_name).options_key))
+
+
 class _Module(_Section):
     """A section naming one implementation of a module family (``name``: a built-in name or
     an import path) and its ``options``, checked against the implementation's signature."""
 
     FAMILY: ClassVar[str]
-    WHERE: ClassVar[str]
     LEGACY: ClassVar[tuple[str, ...]] = ()   # options that old configs wrote as keys of the section
 
     name: str
@@ -98,9 +106,7 @@ class _Module(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "_Module":
-        object.__setattr__(self, "name", plugins.locate(self.FAMILY, self.name))
-        object.__setattr__(self, "options", plugins.check_options(self.FAMILY, self.name, self.options,
-                                                                  f"{self.WHERE}.options"))
+        _resolve_module(self, self.FAMILY, "name", "options")
         return self
 
     def implementation(self) -> Any:
@@ -125,13 +131,11 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "DataConfig":
-        object.__setattr__(self, "dataset", plugins.locate("dataset", self.dataset))
-        object.__setattr__(self, "partition", plugins.locate("partitioner", self.partition))
         from meshlearn.data import datasets
 
+        object.__setattr__(self, "dataset", plugins.locate("dataset", self.dataset))
         object.__setattr__(self, "options", datasets.check_options(self.dataset, self.options))
-        object.__setattr__(self, "partition_options", plugins.check_options(
-            "partitioner", self.partition, self.partition_options, "data.partition_options"))
+        _resolve_module(self, "partitioner", "partition", "partition_options")
         return self
 
 
@@ -158,9 +162,7 @@ class GraphConfig(_Section):
                 raise ValueError(f"topology.options apply to graph generators, not kind = {self.kind!r}; remove "
                                  f"{', '.join('topology.options.' + k for k in self.options)}")
             return self
-        object.__setattr__(self, "kind", plugins.locate("topology", self.kind))
-        object.__setattr__(self, "options", plugins.check_options("topology", self.kind, self.options,
-                                                                  "topology.options"))
+        _resolve_module(self, "topology", "kind", "options")
         return self
 
     def check(self, nodes: int, where: str = "topology") -> None:
@@ -206,7 +208,7 @@ class TopologyConfig(GraphConfig):
 
 
 class ModelConfig(_Module):
-    FAMILY, WHERE = "model", "model"
+    FAMILY = "model"
 
     name: str = Field("mlp", description="built-in model name or import path of an nn.Module class")
     same_init: bool = Field(True, description="all nodes start from the same initial model")
@@ -236,12 +238,9 @@ class TrainingConfig(_Section):
             object.__setattr__(self, "local_steps", None)
         if self.local_steps is None and self.local_epochs is None:
             raise ValueError("set training.local_steps or training.local_epochs")
-        object.__setattr__(self, "optimizer", plugins.locate("optimizer", self.optimizer))
-        options = plugins.check_options("optimizer", self.optimizer, self.optimizer_options,
-                                        "training.optimizer_options")
-        object.__setattr__(self, "optimizer_options", options)
+        _resolve_module(self, "optimizer", "optimizer", "optimizer_options")
         try:   # cross-option rules live in the constructor (it is cheap: no state yet)
-            plugins.build("optimizer", self.optimizer, options, lr=self.lr)
+            plugins.build("optimizer", self.optimizer, self.optimizer_options, lr=self.lr)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"training.optimizer_options: {exc}") from None
         return self
@@ -251,7 +250,7 @@ class AlgorithmConfig(_Module):
     """What nodes do each round: D-PSGD, a federated server on a star, asynchronous gossip,
     or the user's own ``Algorithm`` subclass."""
 
-    FAMILY, WHERE = "algorithm", "algorithm"
+    FAMILY = "algorithm"
     LEGACY = ("client_fraction", "server_lr", "server_momentum")
 
     name: str = Field("dpsgd", description="built-in algorithm name or import path of an Algorithm subclass")
@@ -325,7 +324,7 @@ class SharingConfig(_Module):
     """What nodes send (``name``) and that scheme's ``options``; ``compression`` is a lossless
     stage every message goes through, whatever the scheme."""
 
-    FAMILY, WHERE = "sharing", "sharing"
+    FAMILY = "sharing"
     LEGACY = ("fraction", "indices", "error_feedback", "gamma", "compressor", "method", "levels", "bits",
               "bucket_size")
 

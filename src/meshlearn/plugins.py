@@ -34,7 +34,7 @@ from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 __all__ = ["Family", "FAMILIES", "Spec", "ModuleOf", "family", "resolve", "options_of", "check_options",
-           "build", "locate", "canonical", "absolute_spec", "add_import_paths", "import_folders", "config_folder", "config_path",
+           "build", "locate", "canonical", "import_path_of", "absolute_spec", "add_import_paths", "import_folders", "config_folder", "config_path",
            "ConfigPath", "summary"]
 
 
@@ -248,15 +248,17 @@ def canonical(family_name: str, spec: str) -> str:
     """``spec`` as every process can load it: built-in names stay; an entry registered by hand
     in this process (not one of meshlearn's) becomes its import path, so that workers load the
     user's code or fail saying so, instead of silently running something else."""
-    builtins = family(family_name).builtins()
-    obj = builtins.get(spec)
+    obj = family(family_name).builtins().get(spec)
     if obj is None:
         return spec
-    target = getattr(obj, "load", obj)   # a dataset's Loader entry: its load function
-    module = getattr(target, "__module__", "") or ""
-    if module.startswith("meshlearn.") or module == "meshlearn":
-        return spec
-    return f"{module}:{target.__qualname__}"
+    path = import_path_of(obj)
+    return spec if path.startswith(("meshlearn.", "meshlearn:")) else path
+
+
+def import_path_of(obj: Any) -> str:
+    """``"module:QualName"`` of an implementation (of a dataset entry: its load function)."""
+    target = _callable_of(obj)
+    return f"{getattr(target, '__module__', '')}:{target.__qualname__}"
 
 
 # options from signatures
@@ -269,7 +271,7 @@ class OptionInfo:
     annotation: Any
     default: Any                      # inspect.Parameter.empty when required
     description: str = ""
-    family: str | None = None         # a module of this family (Annotated[Spec, Family(...)])
+    family: str | None = None         # a module of this family (Annotated[Spec, ModuleOf(...)])
 
     @property
     def required(self) -> bool:
@@ -327,10 +329,8 @@ def check_options(family_name: str, spec: str, options: dict[str, Any] | None, w
     by_name = {o.name: o for o in accepted}
     listing = ", ".join(o.name + ("" if o.required else f" = {_json_default(o.default)!r}") for o in accepted) \
         or "none"
-    target = _callable_of(obj)
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
     unknown = sorted(set(options) - set(by_name))
-    if unknown and not takes_any:
+    if unknown and not _takes_any(_callable_of(obj)):
         raise ValueError(f"{where}.{unknown[0]} is not an option of {family(family_name).key} = {spec!r}; "
                          f"its options: {listing}")
     out: dict[str, Any] = {}
@@ -380,12 +380,15 @@ def check_module(family_name: str, value: Any, where: str) -> dict[str, Any]:
 
 def build(family_name: str, spec: str, options: dict[str, Any] | None = None, **provided: Any) -> Any:
     """Instantiate (or call) the implementation with its options and the provided parameters."""
-    obj = resolve(family_name, spec)
-    target = _callable_of(obj)
+    target = _callable_of(resolve(family_name, spec))
     accepted = inspect.signature(target).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
-    given = {k: v for k, v in provided.items() if k in accepted or takes_any}
+    given = {k: v for k, v in provided.items() if k in accepted or _takes_any(target)}
     return target(**given, **(options or {}))
+
+
+def _takes_any(target: Callable) -> bool:
+    """The callable takes ``**kwargs``: any option (or provided parameter) goes to it."""
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
 
 
 def summary(obj: Any) -> str:

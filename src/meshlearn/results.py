@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomli_w
 
 __all__ = ["RunWriter", "RunDirError", "claim_run_dir", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE"]
@@ -73,7 +74,7 @@ def _lock(lock: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = _lock_owner(lock)
-            if pid is None or _alive(pid):
+            if pid is None or psutil.pid_exists(pid):
                 owner = f"pid {pid}" if pid is not None else "an unknown process"
                 raise RunDirError(f"{lock.parent} is in use by another run ({owner}): wait for it to end or "
                                   f"choose another output folder (--out); if no run uses it, delete {lock}") from None
@@ -91,16 +92,6 @@ def _lock_owner(lock: Path) -> int | None:
         return int(lock.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # alive, another user's
-        return True
-    return True
 
 
 class RunWriter:

@@ -86,7 +86,7 @@ def describe_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(exc)
     console = Console()
-    origin = spec if plugins.is_import_path(spec) else where(obj)   # a file plug-in: its absolute path
+    origin = spec if plugins.is_import_path(spec) else plugins.import_path_of(obj)   # a file plug-in: its absolute path
     console.print(Text(f"{args.family} {args.name}", style="bold")
                   + Text(f" ({origin})" if origin != args.name else ""))
     doc = docstring(obj)
@@ -111,12 +111,6 @@ def _error(exc: Exception) -> int:
 
 
 # what the command line and the documentation print
-
-def where(obj: Any) -> str:
-    """The import path of an implementation (a dataset entry's: its load function)."""
-    target = getattr(obj, "load", obj) if not isinstance(obj, type) else obj
-    return f"{target.__module__}:{target.__qualname__}"
-
 
 def own_kind(family_name: str) -> str:
     """What a user writes for this family: a subclass of its base class, or a callable."""

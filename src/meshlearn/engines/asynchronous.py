@@ -33,11 +33,11 @@ import time
 import numpy as np
 import torch
 
-from meshlearn import streams, wire
+from meshlearn import streams
 from meshlearn.algorithms.asynchronous import Message
 from meshlearn.config import ComputeConfig
 from meshlearn.engines.host import NodeHost, evaluate_if_due
-from meshlearn.engines.links import GraphLinks, message_meta, payload_bytes
+from meshlearn.engines.links import GraphLinks, header_base_bytes, payload_bytes
 from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
@@ -247,8 +247,9 @@ class AsyncSimEngine(NodeHost):
         key = (kind, *((name, t.dtype, tuple(t.shape)) for name, t in payload.items()))
         sizes = self._headers.get(key)
         if sizes is None:
-            msg = wire.Message(self.run_id, 0, self._rnd, kind, dict(payload), message_meta(0, 0))
-            sizes = self._headers[key] = (wire.header_nbytes(msg, self.codec), wire.header_nbytes(msg))
+            rows = {name: t[None] for name, t in payload.items()}
+            sizes = self._headers[key] = tuple(header_base_bytes(self.run_id, rows, self._rnd, codec, kind=kind)
+                                               for codec in (self.codec, None))
         return sizes
 
     def _delay(self, link: int, size: int) -> float:

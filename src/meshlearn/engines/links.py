@@ -78,11 +78,11 @@ def payload_bytes(payload: Payload, compression: str | None = None) -> np.ndarra
 
 
 def header_base_bytes(run_id: str, payload: Payload, rnd: int, compression: str | None = None,
-                      step: int = 0) -> int:
-    """Header size of a message from node 0 to node 0 in exchange ``step`` of this round.
-    Headers differ only in the msgpack sizes of the sender and receiver ids, so other ids
+                      step: int = 0, kind: str = "model") -> int:
+    """Header size of a message of ``kind`` from node 0 to node 0 in exchange ``step`` of this
+    round. Headers differ only in the msgpack sizes of the sender and receiver ids, so other ids
     add ``wire.uint_nbytes(id) - 1`` each: one packed header prices every message exactly."""
-    return wire.header_nbytes(wire.Message(run_id, 0, rnd, "model",
+    return wire.header_nbytes(wire.Message(run_id, 0, rnd, kind,
                                            {name: t[0] for name, t in payload.items()}, message_meta(0, step)),
                               compression)
 
