@@ -64,10 +64,10 @@ def worker(mode: str, model: str, nodes: int, rounds: int) -> dict:
     if mode == "sim":
         train = engine.trainer.train
 
-        def timed_train(nodes_batch):
+        def timed_train(nodes_batch, active=None):
             nonlocal train_time
             t0 = time.perf_counter()
-            out = train(nodes_batch)
+            out = train(nodes_batch, active)
             train_time += time.perf_counter() - t0
             return out
 
