@@ -121,10 +121,19 @@ def test_exponential_n10():
     assert set(G.adj[0]) == {1, 9, 2, 8, 4, 6}
 
 
+def test_dumbbell_is_two_cliques_joined_by_bridges():
+    G = topology.dumbbell(7, bridges=2)   # cliques {0..3} and {4, 5, 6}
+    assert G.number_of_edges() == 6 + 3 + 2
+    assert set(G.adj[0]) == {1, 2, 3, 4} and set(G.adj[1]) == {0, 2, 3, 5} and set(G.adj[6]) == {4, 5}
+    assert nx.node_connectivity(topology.build("dumbbell", 10)) == 1   # one bridge: a bottleneck
+    with pytest.raises(ValueError, match="topology.options.bridges in 1..5"):
+        topology.check_params("dumbbell", 10, bridges=6)
+
+
 def test_registry_and_build():
     assert set(topology.TOPOLOGIES) == {
         "ring", "torus", "grid", "regular", "fully_connected",
-        "erdos_renyi", "watts_strogatz", "star", "exponential",
+        "erdos_renyi", "watts_strogatz", "star", "exponential", "dumbbell",
     }
     G = topology.build("regular", 12, seed=5, degree=3)
     assert degrees(G) == [3] * 12

@@ -350,6 +350,65 @@ class SharingConfig(_Module):
         return plugins.build("sharing", self.name, self.options, seed=seed)
 
 
+class AggregationConfig(_Module):
+    """How a node folds the models it received into its own (D-PSGD's mixing step): the
+    weighted mean, or a robust rule that bounds what a faulty or Byzantine neighbour can do."""
+
+    FAMILY = "aggregator"
+
+    name: str = Field("mean", description="built-in rule (mean, median, trimmed_mean, krum, clipped_gossip, "
+                      "remove_then_clip, balance, cs_plus) or import path of an Aggregator subclass")
+
+
+class ByzantineConfig(_Section):
+    """Byzantine nodes (``[byzantine]``): how many, where, and the ``attack`` they run.
+
+    They train like everyone (on flipped labels for ``label_flip``) but send crafted models;
+    they are left out of every accuracy and consensus figure.
+    """
+
+    count: int | None = Field(None, ge=0, description="number of Byzantine nodes")
+    fraction: float | None = Field(None, ge=0, lt=1, description="share of the nodes that are Byzantine "
+                                   "(rounded to the nearest count)")
+    nodes: list[int] | None = Field(None, description="the Byzantine node ids (placement = 'given')")
+    placement: Literal["random", "highest_degree", "given"] = Field(
+        "random", description="random (drawn from the seed), highest_degree (best-connected nodes) or given (nodes)")
+    attack: str = Field("sign_flip", description="built-in attack (sign_flip, gaussian, label_flip, alie, ipm, "
+                        "dissensus, spectral) or import path of an Attack subclass")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the attack")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> "ByzantineConfig":
+        given = [key for key in ("count", "fraction", "nodes") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of byzantine.count, byzantine.fraction and byzantine.nodes "
+                             f"(got {', '.join(given) or 'none'})")
+        if self.nodes is not None:
+            if "placement" in self.model_fields_set and self.placement != "given":
+                raise ValueError(f"byzantine.nodes gives the ids itself: remove byzantine.placement = "
+                                 f"{self.placement!r} (or set it to 'given')")
+            if len(set(self.nodes)) != len(self.nodes):
+                raise ValueError(f"byzantine.nodes = {self.nodes} lists a node twice")
+            object.__setattr__(self, "placement", "given")
+        elif self.placement == "given":
+            raise ValueError("byzantine.placement = 'given' needs byzantine.nodes = [ids]")
+        _resolve_module(self, "attack", "attack", "options")
+        try:   # cross-option rules live in the constructor
+            plugins.build("attack", self.attack, self.options, seed=0)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"byzantine.options: {exc}") from None
+        return self
+
+    def count_of(self, nodes: int) -> int:
+        """How many of ``nodes`` nodes are Byzantine."""
+        if self.nodes is not None:
+            return len(self.nodes)
+        return self.count if self.count is not None else int(round(self.fraction * nodes))
+
+    def implementation(self) -> Any:
+        return plugins.resolve("attack", self.attack)
+
+
 class EvaluationConfig(_Section):
     every: int = Field(5, ge=1, description="evaluate every k rounds (and after the last)")
     nodes: int = Field(0, ge=0, description="evaluate this many sampled nodes; 0 = all")
@@ -421,6 +480,9 @@ class ExperimentConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    byzantine: ByzantineConfig | None = Field(None, description="Byzantine nodes and their attack "
+                                              "(absent: every node is honest)")
     import_paths: list[str] = Field(default_factory=list, description="more folders importable by plug-ins, "
                                     "relative to the config file (its folder and the working directory always are)")
 
@@ -457,6 +519,7 @@ class ExperimentConfig(_Section):
             if not self.algorithm.implementation().supports_secagg or self.sharing.implementation() is not FullSharing:
                 raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set algorithm.name = "
                                  "'dpsgd' and sharing.name = 'full', or remove [privacy.secagg]")
+        self._check_robustness()
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")
@@ -464,6 +527,43 @@ class ExperimentConfig(_Section):
             raise ValueError(f"evaluation.nodes = {self.evaluation.nodes} exceeds nodes = {self.nodes}; "
                              "use 0 for all nodes")
         return self
+
+    def _check_robustness(self) -> None:
+        """Robust aggregation and Byzantine nodes need whole models exchanged by a gossip
+        algorithm; omniscient or per-receiver attacks need the simulator."""
+        from meshlearn.sharing import DenseSharing
+
+        rule = self.aggregation.implementation()
+        byz = self.byzantine
+        if rule.linear and byz is None:
+            return
+        what = f"aggregation.name = {self.aggregation.name!r}" if byz is None else "[byzantine]"
+        if self.privacy.secagg is not None:
+            raise ValueError(f"{what} reads each neighbour's model, but privacy.secagg hides individual models "
+                             "(a receiver learns only their weighted sum): remove [privacy.secagg], or use "
+                             "aggregation.name = 'mean' with no [byzantine]")
+        algorithm = self.algorithm.implementation()
+        if algorithm.server or algorithm.asynchronous:
+            raise ValueError(f"{what} applies to gossip rounds among neighbours, not to algorithm.name = "
+                             f"{self.algorithm.name!r}: use algorithm.name = 'dpsgd'")
+        if not issubclass(self.sharing.implementation(), DenseSharing):
+            raise ValueError(f"{what} needs messages that each carry a whole model: set sharing.name = 'full' "
+                             f"or 'quantize' (a DenseSharing), not {self.sharing.name!r}")
+        if byz is None:
+            return
+        count = byz.count_of(self.nodes)
+        if byz.nodes is not None and any(not 0 <= node < self.nodes for node in byz.nodes):
+            raise ValueError(f"byzantine.nodes = {byz.nodes} has ids outside 0..{self.nodes - 1}")
+        if count >= self.nodes:
+            raise ValueError(f"[byzantine] makes {count} of the {self.nodes} nodes Byzantine: leave at least one "
+                             "honest node")
+        attack = byz.implementation()
+        if (attack.omniscient or attack.per_receiver) and self.engine.name != "sim":
+            reason = "reads every node's model and the whole graph" if attack.omniscient else \
+                "sends each receiver its own message"
+            raise ValueError(f"byzantine.attack = {byz.attack!r} {reason}, which only the simulator offers: "
+                             "set engine.name = 'sim', or choose an attack that is not omniscient "
+                             "(sign_flip, gaussian, label_flip, alie, ipm)")
 
     def check_data_available(self) -> None:
         """Fail early, naming data.dataset/data.root, when the dataset files are missing."""

@@ -32,8 +32,9 @@ class Evaluator:
         # separate streams: changing the node sample must not change the test sample
         node_rng = streams.generator(seed, Stream.EVAL_NODES)
         test_rng = streams.generator(seed, Stream.EVAL_SAMPLES)
-        self.node_ids = (np.sort(node_rng.choice(n, cfg.nodes, replace=False)) if 0 < cfg.nodes < n
-                         else np.arange(n))
+        honest = np.flatnonzero(experiment.honest(np.arange(n)))   # Byzantine nodes are never scored
+        self.node_ids = (np.sort(node_rng.choice(honest, min(cfg.nodes, len(honest)), replace=False))
+                         if 0 < cfg.nodes < len(honest) else honest)
         # in federated learning the model is the server's: clients hold stale local copies
         self.server_only = experiment.config.algorithm.implementation().server
         if self.server_only:
@@ -129,6 +130,9 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
         record.update(**_describe(ev.acc, "test_acc"), **_describe(ev.loss, "test_loss"),
                       consensus_distance=ev.consensus_distance, eval_nodes=len(ev.nodes),
                       eval_samples=ev.samples)
+        scored = np.isfinite(np.asarray(ev.acc, dtype=np.float64))
+        if scored.any():
+            record["test_acc_worst_node"] = int(ev.nodes[scored][np.argmin(np.asarray(ev.acc)[scored])])
         if ev.avg_model_acc is not None:
             record.update(avg_model_acc=ev.avg_model_acc, avg_model_loss=ev.avg_model_loss)
         if ev.topology:

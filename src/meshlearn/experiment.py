@@ -9,7 +9,7 @@ raised here as ``ConfigError``, before any training.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from meshlearn import algorithms, data, models, plugins, streams, topology
+from meshlearn.byzantine.placement import byzantine_nodes
 from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import ParamLayout
 from meshlearn.topology.schedule import TopologySchedule
@@ -39,6 +40,7 @@ class Experiment:
     layout: ParamLayout
     batching: str
     chunk_size: int
+    byzantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted ids
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
@@ -66,7 +68,7 @@ class Experiment:
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         return cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                   cfg.engine.chunk_size or chunk)
+                   cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph))
 
     @property
     def num_nodes(self) -> int:
@@ -84,11 +86,22 @@ class Experiment:
                                                              self.dataset.num_classes, **self.config.model.options)))
         return torch.stack(rows)
 
+    def honest(self, node_ids) -> np.ndarray:
+        """Which of ``node_ids`` are honest (a bool mask)."""
+        return ~np.isin(np.asarray(node_ids), self.byzantine)
+
     def make_trainer(self, node_ids: list[int]) -> LocalTrainer:
         cfg = self.config
+        labels = torch.from_numpy(self.dataset.y_train)
+        attackers = [node for node in node_ids if node in set(self.byzantine.tolist())]
+        if attackers:   # data poisoning: an attacker trains on the labels its attack chooses
+            attack, labels = self.make_attack(), labels.clone()
+            for node in attackers:
+                idx = torch.from_numpy(self.parts[node])
+                labels[idx] = attack.labels(labels[idx], self.dataset.num_classes).to(labels.dtype)
         return LocalTrainer(
             copy.deepcopy(self.model), self.layout, cfg.training,
-            torch.from_numpy(self.dataset.x_train), torch.from_numpy(self.dataset.y_train),
+            torch.from_numpy(self.dataset.x_train), labels,
             {node: self.parts[node] for node in node_ids}, cfg.seed,
             batching=self.batching, chunk_size=self.chunk_size, dp=cfg.privacy.dp, rounds=cfg.rounds,
         )
@@ -101,7 +114,15 @@ class Experiment:
             scheme = SecureAggregation(cfg.seed, cfg.privacy.secagg.ring_bits, cfg.privacy.secagg.fraction_bits)
         else:
             scheme = cfg.sharing.build(seed=cfg.seed)
+            if not cfg.aggregation.implementation().linear:
+                scheme.aggregator = plugins.build("aggregator", cfg.aggregation.name, cfg.aggregation.options,
+                                                  rounds=cfg.rounds)
         return plugins.build("algorithm", cfg.algorithm.name, cfg.algorithm.options, sharing=scheme)
+
+    def make_attack(self):
+        """The ``Attack`` the Byzantine nodes run (``[byzantine]`` must be set)."""
+        byz = self.config.byzantine
+        return plugins.build("attack", byz.attack, byz.options, seed=self.config.seed)
 
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:

@@ -1,7 +1,7 @@
 """Module families: every pluggable part is a built-in name or the user's own code by import path.
 
 A config names an implementation the same way in every family (algorithm, sharing,
-compressor, dataset, partitioner, topology, model, optimizer): a built-in name such as
+compressor, dataset, partitioner, topology, model, aggregator, attack, optimizer): a built-in name such as
 ``"topk"``, an import path ``"mypkg.rules:MedianGossip"``, or a file ``"rules.py:MedianGossip"``
 (relative to the config file's folder). Its options are the keyword arguments of its
 constructor (or function): the signature is the schema, so options are checked against it
@@ -98,6 +98,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "builds the communication graph (a networkx graph on nodes 0..n-1)"),
     Family("model", "model.name", "model.options", "meshlearn.models:MODELS", ("input_shape", "num_classes"),
            "torch.nn:Module", "the network every node trains"),
+    Family("aggregator", "aggregation.name", "aggregation.options", "meshlearn.aggregation:AGGREGATORS",
+           ("rounds",), "meshlearn.aggregation.base:Aggregator",
+           "folds the models a node received into its own (the mixing step)"),
+    Family("attack", "byzantine.attack", "byzantine.options", "meshlearn.byzantine:ATTACKS", ("seed",),
+           "meshlearn.byzantine.attacks:Attack", "what Byzantine nodes send (and train on)"),
     Family("optimizer", "training.optimizer", "training.optimizer_options", "meshlearn.training:OPTIMIZERS",
            ("lr",),
            "meshlearn.training:Optimizer", "the local update rule, run on stacked nodes"),

@@ -119,6 +119,8 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__,
     }
+    if cfg.byzantine is not None:   # left out of every accuracy and consensus figure
+        summary["byzantine_nodes"] = experiment.byzantine.tolist()
     report = None
     diverged = None
     try:
@@ -189,14 +191,14 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
 
 
 def diverged_nodes(engine, report: RoundReport) -> int:
-    """How many nodes' models have gone non-finite after a round: the nodes whose parameters
+    """How many honest nodes' models have gone non-finite after a round: the nodes whose parameters
     hold NaN or infinity (or overflow when summed), where the engine holds the models (sim,
     async), and on evaluation rounds the evaluated nodes whose test loss is not finite (every
     engine). The training loss cannot tell: NaN there also marks nodes that did not train."""
     bad: set[int] = set()
     nodes = getattr(engine, "nodes", None)
-    if nodes is not None:
-        finite = torch.isfinite(nodes.params.sum(dim=1)).cpu().numpy()
+    if nodes is not None:   # an attacker's own model may be anything
+        finite = torch.isfinite(nodes.params.sum(dim=1)).cpu().numpy() | ~getattr(engine, "honest", True)
         bad.update(np.flatnonzero(~finite).tolist())
     if report.evaluation is not None:
         ev = report.evaluation
@@ -219,4 +221,6 @@ def _final_nodes(experiment: Experiment, report: RoundReport) -> list[dict[str, 
         idx = experiment.parts[node]
         rows.append({"node": node, "train_samples": int(len(idx)), "classes": int(len(np.unique(labels[idx]))),
                      "degree": int(experiment.graph.degree(node)), **report.node_figures(i)})
+        if experiment.config.byzantine is not None:
+            rows[-1]["byzantine"] = node in experiment.byzantine
     return rows

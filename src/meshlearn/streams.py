@@ -44,6 +44,8 @@ class Stream(IntEnum):
     SPEED = 13            # a node's compute speed (asynchronous simulator)
     PEERS = 14            # a node's choice of gossip partners (asynchronous algorithms)
     MESSAGE_LOSS = 15     # whether a node's asynchronous messages are lost
+    BYZANTINE = 16        # which nodes are Byzantine (placement = 'random')
+    ATTACK = 17           # an attacker's random draws in a round (e.g. Gaussian noise)
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from meshlearn import metrics
+from meshlearn.byzantine.adversary import Adversary
 from meshlearn.evaluation import Evaluation, Evaluator
 from meshlearn.nodes import NodeBatch
 from meshlearn.topology.schedule import TopologySchedule
@@ -48,6 +49,14 @@ class NodeHost:
             self.counters["bytes_uncompressed"] = np.zeros(b, dtype=np.int64)
         self.message_bytes = 0                              # size of one of the last messages sent
         self.last_loss = torch.full((b,), float("nan"))
+        self.honest = experiment.honest(self.local_ids)     # False for the Byzantine nodes
+        self.adversary = Adversary(experiment, self.local_ids) if experiment.config.byzantine else None
+
+    def play_round(self, rnd: int) -> torch.Tensor:
+        """The algorithm's round ``rnd`` for the hosted nodes; returns their training loss."""
+        if self.adversary:
+            self.adversary.begin_round(self.nodes)
+        return self.algorithm.round(self.nodes, rnd, self)
 
     def node_metrics(self) -> dict[str, np.ndarray]:
         """Per-node figures of a round report: the counters, the privacy spent (DP), and the
@@ -60,15 +69,17 @@ class NodeHost:
 
 
 def evaluate_if_due(evaluator: Evaluator, nodes: NodeBatch, topology: TopologySchedule,
-                    rnd: int) -> tuple[Evaluation | None, float]:
+                    rnd: int, honest: np.ndarray | None = None) -> tuple[Evaluation | None, float]:
     """Round ``rnd``'s evaluation of all ``nodes`` (None when not due) and the seconds it
-    took; shared by the synchronous and the asynchronous simulator so both report alike."""
+    took; shared by the synchronous and the asynchronous simulator so both report alike.
+    Consensus and the average model are over the ``honest`` rows (default: all)."""
     if not evaluator.due(rnd):
         return None, 0.0
     t0 = time.perf_counter()
     params = nodes.params
     evaluation = evaluator.local(nodes.ids, params)
-    evaluation.consensus_distance = metrics.consensus_distance(params)
-    evaluator.average(evaluation, params.mean(0))
+    kept = params if honest is None or honest.all() else params[torch.from_numpy(np.flatnonzero(honest))]
+    evaluation.consensus_distance = metrics.consensus_distance(kept)
+    evaluator.average(evaluation, kept.mean(0))
     evaluation.topology = topology.graph(rnd).describe()
     return evaluation, time.perf_counter() - t0

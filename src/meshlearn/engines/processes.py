@@ -302,9 +302,10 @@ class ProcessesEngine:
             t0 = time.perf_counter()
             if self.whole_run and len(nodes):
                 total = sum(np.frombuffer(reports[k][1], dtype=np.float64) for k in reports)
-                mean = total / len(nodes)
+                honest = max(1, int(self.experiment.honest(nodes).sum()))   # workers sum their honest nodes
+                mean = total / honest
                 sum_sq = sum(e["sum_sq"] for e in evs)
-                ev.consensus_distance = max(0.0, sum_sq / len(nodes) - float(mean @ mean))
+                ev.consensus_distance = max(0.0, sum_sq / honest - float(mean @ mean))
                 self.evaluator.average(ev, torch.from_numpy(mean))
             self.eval_time += time.perf_counter() - t0
             report.evaluation = ev

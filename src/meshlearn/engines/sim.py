@@ -24,6 +24,7 @@ from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
+from meshlearn.byzantine.adversary import received_view
 from meshlearn.sharing.base import Received, received_chunks
 from meshlearn.topology.schedule import RoundGraph
 
@@ -33,34 +34,42 @@ __all__ = ["SimEngine", "SimInbox"]
 class SimInbox(Inbox):
     """Inbox of every node at once: weighted sums are sparse matrix products, and the
     received messages by receiver are gathers along the CSR structure of the weights.
-    ``received`` (per CSR entry) marks the messages that arrived (default: all)."""
+    ``received`` (per CSR entry) marks the messages that arrived (default: all); ``sources``
+    (per CSR entry) is the payload row holding that link's message (default: its sender's row;
+    further rows hold messages crafted for one receiver)."""
 
     def __init__(self, weights: sp.csr_matrix, self_weight: torch.Tensor, payload: Payload,
-                 received: np.ndarray | None = None):
+                 received: np.ndarray | None = None, sources: np.ndarray | None = None, rnd: int = 0):
         self.weights = weights
         self.self_weight = self_weight
         self.payload = payload
         self.received = received
+        self.sources = sources
+        self.rnd = rnd
 
     def weighted_sum(self, decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
         dense = decode(self.payload)
         flat = dense.reshape(dense.shape[0], -1)
         if flat.dtype != torch.float32:
             flat = flat.float()
-        out = self.weights @ flat.detach().numpy()
-        return torch.from_numpy(np.ascontiguousarray(out)).reshape(dense.shape)
+        w = self.weights
+        if self.sources is not None:
+            w = sp.csr_matrix((w.data, self.sources, w.indptr), shape=(w.shape[0], flat.shape[0]))
+        out = w @ flat.detach().numpy()
+        return torch.from_numpy(np.ascontiguousarray(out)).reshape(w.shape[0], *dense.shape[1:])
 
     def by_receiver(self, decode: Callable[[Payload], torch.Tensor],
                     chunk_nodes: int | None = None) -> Iterator[Received]:
         w = self.weights
         indptr, senders, weights = w.indptr, w.indices, w.data.astype(np.float32, copy=False)
+        sources = senders if self.sources is None else self.sources
         if self.received is not None and not self.received.all():   # lost messages leave the lists
             keep = self.received
             counts = np.bincount(np.repeat(np.arange(w.shape[0]), np.diff(indptr))[keep], minlength=w.shape[0])
             indptr = np.concatenate([[0], np.cumsum(counts)])
-            senders, weights = senders[keep], weights[keep]
+            senders, weights, sources = senders[keep], weights[keep], sources[keep]
         yield from received_chunks(indptr, senders, weights, self.self_weight, decode(self.payload).detach(),
-                                   senders, chunk_nodes)
+                                   sources, chunk_nodes)
 
 
 class SimEngine(NodeHost):
@@ -92,7 +101,7 @@ class SimEngine(NodeHost):
             self.train_time += elapsed
             if self.sim_time is not None:
                 self.sim_time += elapsed + self._comm_time
-        evaluation, seconds = evaluate_if_due(self.evaluator, self.nodes, self.topology, rnd)
+        evaluation, seconds = evaluate_if_due(self.evaluator, self.nodes, self.topology, rnd, self.honest)
         self.eval_time += seconds
         return RoundReport(rnd, np.arange(self.experiment.num_nodes), self.last_loss.numpy().copy(),
                            self.bytes_sent.copy(), self.header_bytes.copy(), self.train_time, self.sim_time,
@@ -103,7 +112,7 @@ class SimEngine(NodeHost):
 
     def run_round(self, rnd: int) -> torch.Tensor:
         """One synchronous round for every node; returns per-node training loss."""
-        return self.algorithm.round(self.nodes, rnd, self)
+        return self.play_round(rnd)
 
     # RoundContext
     def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,8 +130,12 @@ class SimEngine(NodeHost):
         self._exchange = (rnd, step)
         if per_link:  # rows come sender-major; deliver them in the receivers' (CSR) order
             payload = {name: t[links.csr_order] for name, t in payload.items()}
-        sizes = self._account(payload, rnd, links, step, per_link)
         lost = links.model.lost(rnd, step)
+        sources = None
+        if self.adversary and not per_link:
+            payload, sources = self._attack(nodes, payload, rnd, links, ~lost)
+        sent = payload if sources is None else {name: t[:len(nodes)] for name, t in payload.items()}
+        sizes = self._account(sent, rnd, links, step, per_link)
         if links.model.enabled:
             delivered = ~lost
             if delivered.any():
@@ -136,10 +149,48 @@ class SimEngine(NodeHost):
             return LinkInbox(links.graph.receivers, off.indices, off.data, received,
                              links.graph.self_weight, payload)
         if not lost.any():
-            return SimInbox(links.weights32, links.self_weight32, payload)
+            return SimInbox(links.weights32, links.self_weight32, payload, sources=sources, rnd=rnd)
         self_w, data = renormalized(links.graph.self_weight, off.data, links.model.receivers, ~lost)
         weights = sp.csr_matrix((data, off.indices, off.indptr), shape=off.shape)
-        return SimInbox(weights, torch.from_numpy(self_w), payload, received=~lost)
+        return SimInbox(weights, torch.from_numpy(self_w), payload, received=~lost, sources=sources, rnd=rnd)
+
+    def _attack(self, nodes: NodeBatch, payload: Payload, rnd: int, links: GraphLinks,
+                delivered: np.ndarray) -> tuple[Payload, np.ndarray | None]:
+        """The payload with the attackers' messages crafted in, and (for a per-receiver
+        attack, whose messages are extra rows) the payload row of every CSR link."""
+        adversary, sharing = self.adversary, self.algorithm.sharing
+        attack, off, rows = adversary.attack, links.graph.weights, adversary.rows
+        known = {}
+        if attack.rushing:   # what each attacker received from honest senders in this exchange
+            receivers = links.graph.receivers
+            position = np.full(len(nodes), -1)
+            position[rows] = np.arange(len(rows))
+            heard = (position[receivers] >= 0) & self.honest[off.indices] & delivered
+            known["received"] = received_view(position[receivers[heard]], off.indices[heard], off.data[heard],
+                                              links.self_weight32[torch.from_numpy(rows)],
+                                              sharing.decode(payload).detach(), off.indices[heard], len(rows))
+        if attack.omniscient:
+            known.update(models=nodes.params, byzantine=torch.from_numpy(~self.honest))
+        if attack.omniscient or attack.per_receiver:
+            known["graph"] = links.graph
+        view = adversary.view(nodes, rnd, **known)
+        if not attack.per_receiver:
+            crafted = adversary.messages(sharing, view)
+            index = torch.from_numpy(rows)
+            return {name: t.clone().index_copy_(0, index, crafted[name].to(t.dtype)) for name, t in payload.items()}, None
+        # one message per outgoing link of each attacker, receivers increasing: rows appended after the nodes'
+        out_start = np.concatenate([[0], np.cumsum(links.out_degree)])
+        count = links.out_degree[rows]
+        first = np.concatenate([[0], np.cumsum(count)])[:-1]   # row of each attacker's first link in the crafted block
+        crafted = adversary.messages(sharing, view, torch.from_numpy(np.repeat(adversary.ids.numpy(), count)))
+        sources = off.indices.copy()
+        attacker_of = np.full(len(nodes), -1)
+        attacker_of[rows] = np.arange(len(rows))
+        sender_attacker = attacker_of[off.indices]
+        byz = np.flatnonzero(sender_attacker >= 0)
+        sender = off.indices[byz]
+        sources[byz] = len(nodes) + first[sender_attacker[byz]] + links.csr_order[byz] - out_start[sender]
+        return {name: torch.cat([t, crafted[name].to(t.dtype)]) for name, t in payload.items()}, sources
 
     def _account(self, payload: Payload, rnd: int, links: GraphLinks, step: int, per_link: bool) -> np.ndarray:
         """Charge each node the exact wire size of the message it sends each receiver;

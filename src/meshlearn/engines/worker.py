@@ -27,6 +27,7 @@ import torch
 import zmq
 
 from meshlearn import plugins, wire
+from meshlearn.byzantine.adversary import received_view
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
@@ -163,20 +164,61 @@ class Worker(NodeHost):
         # what a sender's message must hold: the tensors this run's sharing scheme sends
         self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
         self.per_link = per_link
-        self._send_all(payload, rnd, step, links)
+        self.arrived, self.models = {}, {}
+        for msg, nbytes in self.pending.pop(self.current, []):   # early messages, checked now
+            self._file(msg, nbytes)
+        attackers = self.adversary.rows.tolist() if self.adversary and not per_link else []
+        self._send_all(payload, rnd, step, links, skip=set(attackers))
+        if attackers:
+            self._send_all(self._attack(nodes, payload, rnd, links), rnd, step, links, only=attackers)
         got, models = self._collect(rnd, links)
         if per_link:
             return self._link_inbox(got, models, payload, links)
-        return self._inbox(got, models, payload, links)
+        inbox = self._inbox(got, models, payload, links)
+        inbox.rnd = rnd
+        return inbox
 
-    def _send_all(self, payload: Payload, rnd: int, step: int, links: GraphLinks) -> None:
+    def _attack(self, nodes: NodeBatch, payload: Payload, rnd: int, links: GraphLinks) -> Payload:
+        """The payload with the local attackers' messages crafted in; a rushing attack first
+        waits for the honest messages they are sent (attackers never wait for each other)."""
+        adversary, sharing = self.adversary, self.algorithm.sharing
+        known = {}
+        if adversary.attack.rushing:
+            attackers = [self.local_ids[row] for row in adversary.rows.tolist()]
+            self._collect(rnd, links, receivers=attackers, final=False)
+            off, byzantine = links.graph.weights, set(self.experiment.byzantine.tolist())
+            rows, senders, weights, values = [], [], [], []
+            for k, dst in enumerate(attackers):
+                start, end = off.indptr[dst], off.indptr[dst + 1]
+                for src, w in zip(off.indices[start:end].tolist(), off.data[start:end].tolist()):
+                    if self.arrived.get((dst, src)) and src not in byzantine:
+                        try:
+                            values.append(sharing.decode({n: t.unsqueeze(0) for n, t in self.models[src].items()})[0])
+                        except wire.MessageError as exc:
+                            self._reject_payload(src, exc)
+                            continue
+                        rows.append(k)
+                        senders.append(src)
+                        weights.append(w)
+            decoded = torch.stack(values) if values else sharing.decode({n: t[:0] for n, t in payload.items()})
+            known["received"] = received_view(
+                np.array(rows, dtype=np.int64), np.array(senders, dtype=np.int64), np.array(weights),
+                torch.from_numpy(links.graph.self_weight[attackers].astype(np.float32)), decoded,
+                np.arange(len(values)), len(attackers))
+        crafted = adversary.messages(sharing, adversary.view(nodes, rnd, **known))
+        index = torch.from_numpy(adversary.rows)
+        return {name: t.clone().index_copy_(0, index, crafted[name].to(t.dtype)) for name, t in payload.items()}
+
+    def _send_all(self, payload: Payload, rnd: int, step: int, links: GraphLinks, skip: set[int] = frozenset(),
+                  only: list[int] | None = None) -> None:
+        """Send the messages of the local nodes (of rows ``only`` if given, but ``skip``)."""
         t0 = time.perf_counter()
         lost = links.model.lost(rnd, step)
         codec = self.codec
         link = 0   # row of the next outgoing link, for per-link payloads
         for row, src in enumerate(self.local_ids):
             receivers = links.graph.receivers_of(src).tolist()
-            if not receivers:
+            if not receivers or row in skip or only is not None and row not in only:
                 continue
             if self.per_link:
                 messages = [({name: t[link + k] for name, t in payload.items()}, dst)
@@ -212,23 +254,26 @@ class Worker(NodeHost):
                 self.transport.send(worker, [header, *body], delay)
         self.times["serialize_time_s"] += time.perf_counter() - t0
 
-    def _expected(self, links: GraphLinks) -> set[tuple[int, int]]:
-        return {(dst, src) for dst in self.local_ids for src in links.graph.senders_of(dst).tolist()
-                if int(self.owner[src]) not in self.down}
+    def _expected(self, links: GraphLinks, receivers: list[int] | None = None) -> set[tuple[int, int]]:
+        """The (receiver, sender) links of the exchange still to be heard; the honest ones only
+        when ``receivers`` (attackers waiting before they send) are given."""
+        byzantine = set(self.experiment.byzantine.tolist()) if receivers is not None else set()
+        return {(dst, src) for dst in (self.local_ids if receivers is None else receivers)
+                for src in links.graph.senders_of(dst).tolist()
+                if int(self.owner[src]) not in self.down and src not in byzantine}
 
-    def _collect(self, rnd: int, links: GraphLinks) -> tuple[dict[tuple[int, int], bool], dict]:
-        """The current exchange's messages for the local nodes, until all arrived or the timeout.
+    def _collect(self, rnd: int, links: GraphLinks, receivers: list[int] | None = None,
+                 final: bool = True) -> tuple[dict[tuple[int, int], bool], dict]:
+        """The current exchange's messages for the local nodes (or for ``receivers`` only),
+        until all arrived or the timeout; ``final``: count and report what is missing.
 
         Returns {(receiver, sender): delivered (False: lost on the emulated link)} and the
         tensors, kept once per sender however many local receivers it has (per link for
         per-link exchanges).
         """
         t0 = time.perf_counter()
-        self.arrived, self.models = {}, {}
-        for msg, nbytes in self.pending.pop(self.current, []):   # early messages, checked now
-            self._file(msg, nbytes)
         got = self.arrived
-        expected = self._expected(links)
+        expected = self._expected(links, receivers)
         deadline = time.monotonic() + self.timeout_s
         while True:
             missing = expected - got.keys()
@@ -237,10 +282,13 @@ class Worker(NodeHost):
                 break
             self._poll_control()
             if self.down:
-                expected = self._expected(links)
+                expected = self._expected(links, receivers)
             frames = self.transport.recv(min(remaining, 0.05))
             if frames is not None:
                 self._accept(frames)
+        if not final:
+            self.times["wait_time_s"] += time.perf_counter() - t0
+            return self.arrived, self.models
         for dst, _ in missing:
             self.counters["messages_missing"][self.row_of[dst]] += 1
         if missing:
@@ -363,7 +411,7 @@ class Worker(NodeHost):
         t0 = time.perf_counter()
         params = self.nodes.params
         ev = self.evaluator.local(self.nodes.ids, params)
-        wide = params.double()
+        wide = params[torch.from_numpy(np.flatnonzero(self.honest))].double()   # consensus is among honest nodes
         total = wide.sum(0)
         sq = float(wide.pow_(2).sum())
         self.times["eval_time_s"] += time.perf_counter() - t0
@@ -378,7 +426,7 @@ class Worker(NodeHost):
         for rnd in range(rounds + 1):
             if rnd > 0:
                 t0 = time.perf_counter()
-                loss = self.algorithm.round(self.nodes, rnd, self)
+                loss = self.play_round(rnd)
                 elapsed += time.perf_counter() - t0
             self._poll_control()
             if self.control is not None:

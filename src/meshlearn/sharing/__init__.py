@@ -1,6 +1,6 @@
 """Sharing schemes: what nodes exchange and how received models are aggregated."""
 
-from meshlearn.sharing.base import (Inbox, LinkInbox, PartialSharing, Payload, Sharing, dense_average,
+from meshlearn.sharing.base import (DenseSharing, Inbox, LinkInbox, PartialSharing, Payload, Sharing, dense_average,
                                     partial_average)
 from meshlearn.sharing.choco import ChocoSharing
 from meshlearn.sharing.full import FullSharing
@@ -13,5 +13,5 @@ SHARINGS: dict[str, type[Sharing]] = {
 }
 
 
-__all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "PartialSharing", "partial_average",
+__all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "DenseSharing", "PartialSharing", "partial_average",
            "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS"]

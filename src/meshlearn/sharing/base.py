@@ -20,8 +20,8 @@ import torch
 
 from meshlearn.nodes import NodeBatch
 
-__all__ = ["Payload", "Inbox", "Received", "LinkInbox", "Sharing", "PartialSharing", "partial_average",
-           "received_chunks", "RECEIVED_BUDGET"]
+__all__ = ["Payload", "Inbox", "Received", "LinkInbox", "Sharing", "DenseSharing", "PartialSharing",
+           "partial_average", "received_chunks", "RECEIVED_BUDGET"]
 
 Payload = dict[str, torch.Tensor]
 """Named tensors with a leading local-node dimension: row i is what node i sends."""
@@ -35,6 +35,7 @@ class Inbox(ABC):
     """
 
     self_weight: torch.Tensor  # (B,); read it after weighted_sum or by_receiver, which may renormalize it
+    rnd: int = 0               # the round of the exchange (engines set it)
 
     @abstractmethod
     def weighted_sum(self, decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
@@ -52,8 +53,8 @@ class Inbox(ABC):
         whose message arrived (lost and rejected ones left out), in increasing id, with the
         weights ``weighted_sum`` would use and the renormalized ``self_weight``. ``chunk_nodes``
         receivers go in a chunk (default: as many as keep b·k·P values under ``RECEIVED_BUDGET``
-        and the padding under the messages' count). ``weighted_sum`` stays the fast path for
-        linear rules.
+        and the padding under the messages' count). Chunks share memory: use one before drawing
+        the next. ``weighted_sum`` stays the fast path for linear rules.
         """
         raise NotImplementedError(f"{type(self).__name__} gives weighted sums only")
 
@@ -72,8 +73,10 @@ class Received:
     self_weight: torch.Tensor  # (b,) float32 w_ii, renormalized like the weights
 
 
-RECEIVED_BUDGET = 1 << 24
-"""Values (b·k·P numbers, 64 MiB of float32) that one ``Received`` chunk may hold by default."""
+RECEIVED_BUDGET = 1 << 20
+"""Values (b·k·P numbers, 4 MiB of float32) that one ``Received`` chunk may hold by default: chunks
+and a rule's temporaries stay in the cache and in reused heap memory (measured at 256 nodes ×
+50k parameters: gathers 6× and clipping rules 4× faster than with 64 MiB chunks)."""
 
 
 def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray, self_weight: torch.Tensor,
@@ -82,9 +85,12 @@ def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray
     """``Received`` chunks of receivers whose messages are listed like a CSR matrix: receiver
     row r got messages ``indptr[r]:indptr[r + 1]`` (``senders`` increasing, float32
     ``weights``), and message e's decoded value is ``source[source_rows[e]]``. Each chunk is
-    one gather from ``source``; engines build their ``by_receiver`` on it."""
+    one gather from ``source`` into memory the chunks share (a new allocation per chunk, page
+    faults and all, cost more than the rules themselves), so a chunk's ``values`` are valid until
+    the next chunk is drawn; engines build their ``by_receiver`` on it."""
     degree = np.diff(indptr)
     shape = tuple(source.shape[1:])
+    buffer = None
     for r0, r1 in _chunk_bounds(degree, max(1, int(np.prod(shape))), chunk_nodes):
         count = degree[r0:r1]
         b, k = r1 - r0, int(count.max(initial=0))
@@ -98,12 +104,15 @@ def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray
         index = np.zeros(b * k, dtype=np.int64)
         index[slot] = source_rows[lo:hi]
         mask = torch.from_numpy(ids >= 0)
+        if buffer is None or buffer.numel() < b * k * int(np.prod(shape)):
+            buffer = source.new_empty(b * k * int(np.prod(shape)))
+        values = buffer[:b * k * int(np.prod(shape))].view(b * k, *shape)
         if len(source):
-            values = source.index_select(0, torch.from_numpy(index))
+            torch.index_select(source, 0, torch.from_numpy(index), out=values)
             if not mask.all():
-                values[~mask] = 0
+                values.index_fill_(0, torch.from_numpy(np.flatnonzero(ids < 0)), 0)
         else:
-            values = source.new_zeros((b * k, *shape))
+            values.zero_()
         yield Received(torch.arange(r0, r1), torch.from_numpy(ids).view(b, k), torch.from_numpy(w).view(b, k),
                        mask.view(b, k), values.view(b, k, *shape), self_weight[r0:r1])
 
@@ -224,6 +233,26 @@ def partial_average(params: torch.Tensor, inbox: Inbox,
     numerator = summed[:, :size].addcmul_(params, weight)
     denominator = summed[:, size:].add_(weight)
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30), params)
+
+
+class DenseSharing(Sharing):
+    """A scheme whose every message decodes to a whole model, so a node can fold what it
+    received with any aggregation rule: ``aggregator`` (the framework sets it from
+    ``[aggregation]``; the weighted mean by default) over the ``decode``d messages. Its
+    messages can also be crafted by Byzantine nodes: an attack's models go through ``encode``."""
+
+    dense = True
+    aggregator = None
+    """The ``Aggregator`` that folds received models (set from ``[aggregation]``); None: the mean."""
+
+    @abstractmethod
+    def decode(self, payload: Payload) -> torch.Tensor:
+        """Stacked payloads → the (senders, P) models they carry."""
+
+    def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
+        from meshlearn.aggregation import Mean, aggregate_models
+
+        nodes.params = aggregate_models(nodes.params, inbox, self.decode, self.aggregator or Mean())
 
 
 class PartialSharing(Sharing):

@@ -14,15 +14,16 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
-from meshlearn.sharing.base import Inbox, Payload, Sharing, dense_average
+import torch
+
+from meshlearn.sharing.base import DenseSharing, Payload
 from meshlearn.sharing.compressors import QSGD, Bits, BucketSize, Levels, Uniform
 
 
-class QuantizeSharing(Sharing):
-    """x_i ← w_ii x_i + Σ_j w_ij Q(x_j)."""
+class QuantizeSharing(DenseSharing):
+    """x_i ← w_ii x_i + Σ_j w_ij Q(x_j) (or the configured aggregator over the Q(x_j))."""
 
     name = "quantize"
-    dense = True
 
     def __init__(self, method: Annotated[Literal["qsgd", "uniform"], Field(
                      description="QSGD (takes levels) or uniform (takes bits)")] = "qsgd",
@@ -42,5 +43,5 @@ class QuantizeSharing(Sharing):
     def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
         return self.quantizer.compress(nodes.params, nodes.ids, rnd)
 
-    def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
-        nodes.params = dense_average(nodes.params, inbox, self.quantizer.decompress)
+    def decode(self, payload: Payload) -> torch.Tensor:
+        return self.quantizer.decompress(payload)

@@ -25,6 +25,7 @@ __all__ = [
     "watts_strogatz",
     "star",
     "exponential",
+    "dumbbell",
     "TOPOLOGIES",
     "check_params",
     "build",
@@ -196,6 +197,18 @@ def exponential(n: int) -> nx.Graph:
     return G
 
 
+def dumbbell(n: int, bridges: int = 1) -> nx.Graph:
+    """Two cliques (nodes 0..⌈n/2⌉-1 and the rest) joined by ``bridges`` edges i — ⌈n/2⌉+i:
+    the bottleneck graph on which He, Karimireddy & Jaggi (2022) show that robust rules that
+    ignore the topology break down."""
+    half = (n + 1) // 2
+    G = _empty(n)
+    G.add_edges_from((i, j) for i in range(half) for j in range(i + 1, half))
+    G.add_edges_from((i, j) for i in range(half, n) for j in range(i + 1, n))
+    G.add_edges_from((i, half + i) for i in range(min(bridges, n - half)))
+    return G
+
+
 TOPOLOGIES: dict[str, Callable[..., nx.Graph]] = {
     "ring": ring,
     "torus": torus,
@@ -206,6 +219,7 @@ TOPOLOGIES: dict[str, Callable[..., nx.Graph]] = {
     "watts_strogatz": watts_strogatz,
     "star": star,
     "exponential": exponential,
+    "dumbbell": dumbbell,
 }
 
 # Parameters each generator takes besides n (and seed), and which must be given.
@@ -219,9 +233,10 @@ _PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "watts_strogatz": (("k", "p"), ("k", "p")),
     "star": ((), ()),
     "exponential": ((), ()),
+    "dumbbell": (("bridges",), ()),
 }
 _SEEDED = {"regular", "erdos_renyi", "watts_strogatz"}
-_KNOWN_PARAMS = ("degree", "p", "k", "rows")
+_KNOWN_PARAMS = ("degree", "p", "k", "rows", "bridges")
 
 
 def _is_int(x: Any) -> bool:
@@ -256,7 +271,7 @@ def check_params(kind: str, n: int, **params: Any) -> None:
     for key in required:
         if key not in given:
             raise ValueError(f"topology.kind = {kind!r} needs topology.options.{key}")
-    for key in ("degree", "k", "rows"):
+    for key in ("degree", "k", "rows", "bridges"):
         if key in given and not _is_int(given[key]):
             raise ValueError(f"topology.options.{key} = {given[key]!r} must be an integer")
     if "p" in given and not _is_real(given["p"]):
@@ -297,6 +312,11 @@ def check_params(kind: str, n: int, **params: Any) -> None:
             )
         if not 0 <= p <= 1:
             raise ValueError(f"topology.options.p = {p} must be in [0, 1]; it is the rewiring probability")
+    elif kind == "dumbbell":
+        bridges = given.get("bridges", 1)
+        if n < 2 or not 1 <= bridges <= n // 2:
+            raise ValueError(f"topology.kind = 'dumbbell' needs nodes >= 2 and topology.options.bridges in "
+                             f"1..{max(1, n // 2)} (edges between the two cliques), got nodes = {n}, bridges = {bridges}")
     elif kind in ("torus", "grid") and "rows" in given:
         rows = given["rows"]
         if rows < 1 or n % rows:
