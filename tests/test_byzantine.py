@@ -10,9 +10,9 @@ import torch
 
 import meshlearn
 from meshlearn.config import ConfigError, parse_config
-from meshlearn.engines.processes import ProcessesEngine
 from meshlearn.engines.sim import SimEngine
 from meshlearn.experiment import Experiment
+from test_processes import run_processes, run_sim
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,6 +45,10 @@ def test_byzantine_section_is_checked_with_messages_naming_the_key():
     assert "outside 0..9" in refused(byzantine={"nodes": [3, 10]})
     assert "lists a node twice" in refused(byzantine={"nodes": [3, 3]})
     assert "leave at least one honest node" in refused(byzantine={"count": 10})
+    # an attack's own check: ALIE's default z needs f <= n/2
+    assert "set byzantine.options.z" in refused(nodes=4, topology={"kind": "ring"},
+                                                byzantine={"count": 3, "attack": "alie"})
+    config(nodes=4, topology={"kind": "ring"}, byzantine={"count": 3, "attack": "alie", "options": {"z": 1.0}})
     message = refused(byzantine={"count": 1, "attack": "no_such_attack"})
     assert "byzantine.attack" in message and "sign_flip" in message
 
@@ -114,15 +118,9 @@ def test_a_per_receiver_attack_reaches_each_receiver_with_its_own_message():
 
 
 def run_both(cfg):
-    """The final models and records of the same config on sim and on 2 worker processes."""
-    sim = SimEngine(Experiment.build(cfg), "0123456789ab")
-    sim_reports = [sim.step(rnd) for rnd in range(cfg.rounds + 1)]
-    engine = ProcessesEngine(Experiment.build(cfg), "0123456789ab", workers=2, keep_models=True)
-    engine.start()
-    try:
-        reports = [engine.step(rnd) for rnd in range(cfg.rounds + 1)]
-    finally:
-        engine.close()
+    """The final models and reports of the same config on sim and on 2 worker processes."""
+    sim, sim_reports = run_sim(cfg)
+    engine, reports, _ = run_processes(cfg, workers=2)
     return sim, sim_reports, engine, reports
 
 
@@ -159,3 +157,56 @@ def test_byzantine_nodes_are_absent_from_the_honest_figures(tmp_path):
     assert last["consensus_distance"] == pytest.approx(expected, rel=1e-4)
     everyone = float((params.double() - params.double().mean(0)).pow(2).sum(1).mean())
     assert abs(everyone - expected) > 1e-3 * expected   # the attackers' models would have changed it
+
+
+EXAMPLES = HERE.parent / "examples" / "byzantine"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.stem)
+def test_byzantine_examples_run(path, tmp_path):
+    from meshlearn.config import load_config
+
+    cfg = load_config(path, ["rounds=2", "evaluation.every=1", "evaluation.test_samples=100"])
+    run = meshlearn.run(cfg, out=tmp_path / "run")
+    assert run.summary["status"] == "completed" and run.summary["byzantine_nodes"]
+    assert run.rounds.iloc[-1]["eval_nodes"] == cfg.nodes - len(run.summary["byzantine_nodes"])
+
+
+def test_a_users_rule_and_attack_run_on_processes_as_on_sim():
+    """examples/byzantine/own_rules.py, named by file path, loads in the worker processes too."""
+    from meshlearn.config import load_config
+
+    cfg = load_config(EXAMPLES / "own_rules.toml", ["rounds=2", "nodes=8", "evaluation.every=2",
+                                                     "evaluation.test_samples=100"])
+    sim, _, engine, _ = run_both(cfg)
+    assert torch.equal(engine.params, sim.nodes.params)
+
+
+@pytest.mark.parametrize("topology", [{"kind": "regular", "options": {"degree": 4}, "dynamic": True},
+                                      {"kind": "epidemic", "peers": 3}], ids=["dynamic", "epidemic"])
+@pytest.mark.parametrize("attack", ["sign_flip", "dissensus"])
+def test_attacks_and_robust_rules_follow_changing_graphs(topology, attack):
+    """Every round's graph is another: rushing views, per-receiver messages and the rules follow it."""
+    cfg = config(topology=topology, byzantine={"nodes": [2, 7], "attack": attack},
+                 aggregation={"name": "clipped_gossip"}, rounds=2)
+    sim = SimEngine(Experiment.build(cfg))
+    sim.nodes.params += torch.randn(sim.nodes.params.shape, generator=torch.Generator().manual_seed(0))
+    for rnd in range(1, 3):
+        graph = sim.graph(rnd)
+        payload = sim.algorithm.sharing.encode(sim.nodes, rnd)
+        inbox = sim.exchange(sim.nodes, payload, rnd)
+        heard = 0
+        for got in inbox.by_receiver(lambda p: p["params"]):
+            for r, receiver in enumerate(got.rows.tolist()):
+                senders = got.senders[r][got.mask[r]].tolist()
+                assert senders == graph.senders_of(receiver).tolist()
+                for slot, sender in enumerate(senders):
+                    if receiver in (2, 7):   # attackers may send each other anything
+                        continue
+                    honest_message = torch.equal(got.values[r, slot], sim.nodes.params[sender])
+                    assert honest_message == (sender not in (2, 7))
+                    heard += sender in (2, 7)
+        attacked = [dst for src in (2, 7) for dst in graph.receivers_of(src).tolist() if dst not in (2, 7)]
+        assert heard == len(attacked) > 0
+        sim.step(rnd)
+    assert sim.last_loss.isfinite().all()

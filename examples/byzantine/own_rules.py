@@ -8,8 +8,6 @@ Both are written once, on stacked tensors, and run on every engine like the buil
 
 from __future__ import annotations
 
-import torch
-
 from meshlearn.aggregation import Aggregator
 from meshlearn.byzantine import Attack
 

@@ -356,8 +356,8 @@ class AggregationConfig(_Module):
 
     FAMILY = "aggregator"
 
-    name: str = Field("mean", description="built-in rule (mean, median, trimmed_mean, krum, clipped_gossip, "
-                      "remove_then_clip, balance, cs_plus) or import path of an Aggregator subclass")
+    name: str = Field("mean", description="built-in rule (meshlearn list aggregator) or import path of an "
+                      "Aggregator subclass")
 
 
 class ByzantineConfig(_Section):
@@ -373,8 +373,8 @@ class ByzantineConfig(_Section):
     nodes: list[int] | None = Field(None, description="the Byzantine node ids (placement = 'given')")
     placement: Literal["random", "highest_degree", "given"] = Field(
         "random", description="random (drawn from the seed), highest_degree (best-connected nodes) or given (nodes)")
-    attack: str = Field("sign_flip", description="built-in attack (sign_flip, gaussian, label_flip, alie, ipm, "
-                        "dissensus, spectral) or import path of an Attack subclass")
+    attack: str = Field("sign_flip", description="built-in attack (meshlearn list attack) or import path of an "
+                        "Attack subclass")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the attack")
 
     @model_validator(mode="after")
@@ -558,12 +558,15 @@ class ExperimentConfig(_Section):
             raise ValueError(f"[byzantine] makes {count} of the {self.nodes} nodes Byzantine: leave at least one "
                              "honest node")
         attack = byz.implementation()
+        attack.check_config(self)
         if (attack.omniscient or attack.per_receiver) and self.engine.name != "sim":
             reason = "reads every node's model and the whole graph" if attack.omniscient else \
                 "sends each receiver its own message"
+            elsewhere = [name for name, cls in plugins.family("attack").builtins().items()
+                         if not (cls.omniscient or cls.per_receiver)]
             raise ValueError(f"byzantine.attack = {byz.attack!r} {reason}, which only the simulator offers: "
-                             "set engine.name = 'sim', or choose an attack that is not omniscient "
-                             "(sign_flip, gaussian, label_flip, alie, ipm)")
+                             f"set engine.name = 'sim', or choose an attack every engine runs "
+                             f"({', '.join(elsewhere)})")
 
     def check_data_available(self) -> None:
         """Fail early, naming data.dataset/data.root, when the dataset files are missing."""

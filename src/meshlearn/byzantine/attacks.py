@@ -61,6 +61,10 @@ class Attack(ABC):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse an ``ExperimentConfig`` this attack cannot run, naming the key to change."""
+
     def labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The labels an attacker trains on in place of its true ``y`` (default: the true ones)."""
         return y

@@ -126,6 +126,11 @@ class ALIE(Attack):
         super().__init__(seed)
         self.z = z
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.byzantine.options.get("z") is None:
+            cls.z_max(cfg.nodes, cfg.byzantine.count_of(cfg.nodes))
+
     @staticmethod
     def z_max(num_nodes: int, num_byzantine: int) -> float:
         """The reference's z_max = Φ⁻¹((n − f − s) / (n − f)), s = ⌊n/2 + 1⌋ − f: the z for which

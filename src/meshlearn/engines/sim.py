@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from meshlearn.byzantine.adversary import received_view
 from meshlearn.engines.host import NodeHost, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, LinkCache, header_base_bytes, payload_bytes
 from meshlearn.engines.network import renormalized
@@ -24,7 +25,6 @@ from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
-from meshlearn.byzantine.adversary import received_view
 from meshlearn.sharing.base import Received, received_chunks
 from meshlearn.topology.schedule import RoundGraph
 
