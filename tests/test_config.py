@@ -159,3 +159,21 @@ def test_entries_registered_by_hand_travel_as_import_paths(tmp_path, monkeypatch
     assert cfg.sharing.name == "registered_rules:Loud"
     monkeypatch.setitem(sharing.SHARINGS, "full", sharing.FullSharing)
     assert parse_config(cfg.to_toml_dict(), check_files=False).sharing.implementation() is Loud
+
+
+@pytest.mark.parametrize("network", [{"latency_ms": float("inf")}, {"bandwidth_mbps": float("nan")},
+                                     {"classes": {"slow": {"nodes": [1], "latency_ms": float("inf")}}}])
+def test_a_network_that_never_delivers_is_refused(network):
+    with pytest.raises(ConfigError, match=r"network\.(classes\.slow\.)?(latency_ms|bandwidth_mbps): .*finite"):
+        parse_config({"network": network}, check_files=False)
+
+
+def test_messages_larger_than_the_receivers_accept_are_refused_before_work():
+    """Every receiver would reject them and the run would only time out."""
+    cfg = parse_config({"engine": {"name": "processes", "max_message_bytes": 4096}})
+    with pytest.raises(ConfigError, match=r"engine.max_message_bytes = 4096 is smaller than one message of this "
+                                          r"run \(about 19335 bytes"):
+        Experiment.build(cfg)
+    sparse = parse_config({"engine": {"name": "processes", "max_message_bytes": 4096}, "sharing": {"name": "topk"}})
+    Experiment.build(sparse)   # top-10 % messages fit
+    Experiment.build(parse_config({"engine": {"max_message_bytes": 4096}}))   # the simulator sends nothing

@@ -437,8 +437,9 @@ class EngineConfig(_Section):
 class LinkConfig(_Section):
     """Properties of a network link; unset values fall back to the enclosing section."""
 
-    latency_ms: float | None = Field(None, ge=0, description="one-way delay of every message")
-    bandwidth_mbps: float | None = Field(None, gt=0, description="link rate in Mbit/s (unset: unlimited)")
+    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False, description="one-way delay of every message")
+    bandwidth_mbps: float | None = Field(None, gt=0, allow_inf_nan=False, description="link rate in Mbit/s "
+                                         "(unset: unlimited)")
     loss: float | None = Field(None, ge=0, lt=1, description="probability that a message is lost")
 
 
@@ -453,8 +454,9 @@ class NetworkConfig(_Section):
     (highest latency and loss, lowest bandwidth), then its row in ``file`` if any.
     """
 
-    latency_ms: float = Field(0.0, ge=0, description="one-way delay of every message")
-    bandwidth_mbps: float | None = Field(None, gt=0, description="link rate in Mbit/s (unset: unlimited)")
+    latency_ms: float = Field(0.0, ge=0, allow_inf_nan=False, description="one-way delay of every message")
+    bandwidth_mbps: float | None = Field(None, gt=0, allow_inf_nan=False, description="link rate in Mbit/s "
+                                         "(unset: unlimited)")
     loss: float = Field(0.0, ge=0, lt=1, description="probability that a message is lost")
     classes: dict[str, NodeClassConfig] = Field(default_factory=dict, description="per-node link classes")
     file: str | None = Field(None, description="CSV of directed links: src,dst,latency_ms,bandwidth_mbps,loss")

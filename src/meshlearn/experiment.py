@@ -20,7 +20,7 @@ from torch import nn
 from meshlearn import algorithms, data, models, plugins, streams, topology
 from meshlearn.byzantine.placement import byzantine_nodes
 from meshlearn.config import ConfigError, ExperimentConfig
-from meshlearn.nodes import ParamLayout
+from meshlearn.nodes import NodeBatch, ParamLayout
 from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.streams import Stream
 from meshlearn.training import LocalTrainer, default_batching
@@ -67,8 +67,11 @@ class Experiment:
         batching, chunk = default_batching(model)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
-        return cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                   cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph))
+        experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
+                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph))
+        if cfg.engine.name != "sim":
+            experiment.check_message_size()
+        return experiment
 
     @property
     def num_nodes(self) -> int:
@@ -118,6 +121,25 @@ class Experiment:
                 scheme.aggregator = plugins.build("aggregator", cfg.aggregation.name, cfg.aggregation.options,
                                                   rounds=cfg.rounds)
         return plugins.build("algorithm", cfg.algorithm.name, cfg.algorithm.options, sharing=scheme)
+
+    def check_message_size(self) -> None:
+        """Refuse a run whose messages exceed ``engine.max_message_bytes``: every receiver
+        would reject them, and nodes would only ever wait for their neighbours."""
+        from meshlearn.engines.links import header_base_bytes, payload_bytes
+
+        nodes = NodeBatch(torch.zeros(1, dtype=torch.int64), self.initial_params([0]))
+        sharing = self.make_algorithm().sharing
+        sharing.setup(nodes)
+        try:
+            payload = sharing.encode(nodes, 1)
+        except NotImplementedError:   # secure aggregation: per-link masked models, one number per parameter
+            payload = {"params": nodes.params}
+        size = int(payload_bytes(payload)[0]) + header_base_bytes("0" * 12, payload, self.config.rounds)
+        limit = self.config.engine.max_message_bytes
+        if size > limit:
+            raise ConfigError(f"engine.max_message_bytes = {limit} is smaller than one message of this run "
+                              f"(about {size} bytes: {self.layout.size:,} parameters with sharing.name = "
+                              f"{self.config.sharing.name!r}); raise it to at least {size} or shrink the model")
 
     def make_attack(self):
         """The ``Attack`` the Byzantine nodes run (``[byzantine]`` must be set)."""
