@@ -330,6 +330,9 @@ class SharingConfig(_Module):
 
     name: str = Field("full", description="built-in sharing scheme or import path of a Sharing subclass")
     compression: Literal["none", "zstd", "lz4"] = Field("none", description="lossless stage on every message")
+    private: list[str] = Field(default_factory=list, description="fnmatch patterns over the model's parameter names "
+                               "(its named_parameters(), e.g. 'net.2.*'): those parameters stay on their node, "
+                               "never sent nor mixed")
 
     @model_validator(mode="after")
     def _scheme_builds(self) -> "SharingConfig":
@@ -415,6 +418,8 @@ class EvaluationConfig(_Section):
     test_samples: int = Field(0, ge=0, description="use this many sampled test samples; 0 = all")
     batch_size: int = Field(1024, ge=1, description="test samples per forward pass")
     average_model: bool = Field(True, description="also test the average of all node models")
+    local_test: float = Field(0.0, ge=0, lt=1, description="share of each node's own training samples held out "
+                              "as its local test set (same label distribution as the node); 0 = none")
     stop_on_divergence: bool = Field(True, description="stop the run (status \"diverged\") once a node's model "
                                      "turns NaN or infinite; false: record the round and keep going")
 
@@ -522,6 +527,7 @@ class ExperimentConfig(_Section):
                 raise ValueError("privacy.secagg masks whole models exchanged by D-PSGD: set algorithm.name = "
                                  "'dpsgd' and sharing.name = 'full', or remove [privacy.secagg]")
         self._check_robustness()
+        self._check_private()
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")
@@ -529,6 +535,23 @@ class ExperimentConfig(_Section):
             raise ValueError(f"evaluation.nodes = {self.evaluation.nodes} exceeds nodes = {self.nodes}; "
                              "use 0 for all nodes")
         return self
+
+    def _check_private(self) -> None:
+        """Private parameters are withheld by the sharing scheme, so they need an algorithm that
+        exchanges through it and nodes that send what the scheme encodes (the patterns are
+        checked against the model in ``Experiment.build``)."""
+        if not self.sharing.private:
+            return
+        from meshlearn.algorithms.federated import ParameterServer
+
+        what = f"sharing.private = {self.sharing.private}"
+        if self.byzantine is not None:
+            raise ValueError(f"{what} cannot go with [byzantine]: attacks craft whole models; remove one of them")
+        algorithm = self.algorithm.implementation()
+        if algorithm.asynchronous or issubclass(algorithm, ParameterServer):
+            raise ValueError(f"{what}: algorithm.name = {self.algorithm.name!r} exchanges models or updates "
+                             "outside the sharing scheme, so it would send private parameters; use "
+                             "algorithm.name = 'dpsgd' or 'fedavg', or remove sharing.private")
 
     def _check_robustness(self) -> None:
         """Robust aggregation and Byzantine nodes need whole models exchanged by a gossip

@@ -46,6 +46,7 @@ class Evaluator:
         self.experiment = experiment
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.cfg = cfg
+        self._own_samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # node → its local test set
 
     def due(self, rnd: int) -> bool:
         """Round 0 (the initial models), every ``evaluation.every`` rounds, and the last round."""
@@ -63,7 +64,35 @@ class Evaluator:
         wanted = np.isin(ids.numpy(), self.node_ids)
         rows = torch.from_numpy(np.flatnonzero(wanted))
         acc, loss = self.models(params[rows]) if len(rows) else (torch.empty(0), torch.empty(0))
-        return Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y))
+        evaluation = Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y))
+        if self.cfg.local_test > 0:
+            evaluation.local_acc, evaluation.local_loss = self.own(evaluation.nodes, params[rows])
+        return evaluation
+
+    def own(self, nodes: np.ndarray, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, loss) of each node's model (row of ``params``) on the node's own local test
+        set: how well it serves its own data distribution. NaN for a node without one."""
+        acc = np.full(len(nodes), np.nan, dtype=np.float32)
+        loss = np.full(len(nodes), np.nan, dtype=np.float32)
+        exp = self.experiment
+        for i, node in enumerate(nodes.tolist()):
+            samples = self._samples_of(node)
+            if samples is None:
+                continue
+            node_acc, node_loss = metrics.evaluate_models(self.model, exp.layout, params[i:i + 1], *samples,
+                                                          batch_size=self.cfg.batch_size, chunk_size=1,
+                                                          batched=exp.batching == "vmap")
+            acc[i], loss[i] = float(node_acc[0]), float(node_loss[0])
+        return acc, loss
+
+    def _samples_of(self, node: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        tests = self.experiment.local_tests
+        if node >= len(tests) or len(tests[node]) == 0:
+            return None
+        if node not in self._own_samples:
+            ds, idx = self.experiment.dataset, tests[node]
+            self._own_samples[node] = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
+        return self._own_samples[node]
 
     def average(self, evaluation: "Evaluation", mean: torch.Tensor) -> None:
         """Add the averaged model's accuracy and loss, when configured."""
@@ -84,6 +113,8 @@ class Evaluation:
     avg_model_acc: float | None = None
     avg_model_loss: float | None = None
     topology: dict | None = None     # the round graph's label, degrees and spectral gap
+    local_acc: np.ndarray | None = None    # each node on its own local test set (NaN: it has none);
+    local_loss: np.ndarray | None = None   # None unless evaluation.local_test > 0
 
 
 @dataclass
@@ -137,15 +168,37 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
             record.update(avg_model_acc=ev.avg_model_acc, avg_model_loss=ev.avg_model_loss)
         if ev.topology:
             record.update(ev.topology)
+        if ev.local_acc is not None:
+            record.update(_local_figures(ev))
         position = {int(node): i for i, node in enumerate(report.nodes)}
-        for node, acc, loss in zip(ev.nodes, ev.acc, ev.loss):
+        for k, (node, acc, loss) in enumerate(zip(ev.nodes, ev.acc, ev.loss)):
             i = position.get(int(node))
             row = {"round": report.rnd, "node": int(node), "test_acc": float(acc), "test_loss": float(loss)}
+            if ev.local_acc is not None:
+                row.update(local_acc=float(ev.local_acc[k]), local_loss=float(ev.local_loss[k]))
             if i is not None:
                 row.update(report.node_figures(i), header_bytes=int(report.header_bytes[i]))
             rows.append(row)
     record["eval_time_s"] = report.eval_time_s
     return record, rows
+
+
+def _local_figures(ev: Evaluation) -> dict[str, Any]:
+    """Local-test figures over the evaluated nodes that have a local test set: mean, min, the
+    mean of the worst 10 % (at least one node; a tail the mean hides), and the worst node."""
+    acc = np.asarray(ev.local_acc, dtype=np.float64)
+    loss = np.asarray(ev.local_loss, dtype=np.float64)
+    scored = np.isfinite(acc)
+    out: dict[str, Any] = {"local_acc_mean": None, "local_acc_min": None, "local_acc_p10": None,
+                           "local_acc_worst_node": None, "local_loss_mean": None, "local_nodes": int(scored.sum())}
+    if scored.any():
+        values, losses = acc[scored], loss[scored]
+        worst = np.sort(values)[:max(1, len(values) // 10)]
+        out.update(local_acc_mean=float(values.mean()), local_acc_min=float(values.min()),
+                   local_acc_p10=float(worst.mean()),
+                   local_acc_worst_node=int(np.asarray(ev.nodes)[scored][np.argmin(values)]),
+                   local_loss_mean=float(losses[np.isfinite(losses)].mean()) if np.isfinite(losses).any() else None)
+    return out
 
 
 def _describe(values: np.ndarray, prefix: str) -> dict[str, float | None]:

@@ -41,6 +41,7 @@ class Experiment:
     batching: str
     chunk_size: int
     byzantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted ids
+    local_tests: list[np.ndarray] = field(default_factory=list)   # each node's held-out samples (x_train rows)
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
@@ -55,6 +56,7 @@ class Experiment:
                                    **cfg.data.partition_options)
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
+            parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg))
             for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
                 schedule.graph(phase.from_round)
@@ -68,7 +70,9 @@ class Experiment:
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph))
+                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests)
+        if cfg.sharing.private:
+            experiment.shared_columns()   # refuse patterns that do not fit the model before any training
         if cfg.engine.name != "sim":
             experiment.check_message_size()
         return experiment
@@ -120,7 +124,20 @@ class Experiment:
             if not cfg.aggregation.implementation().linear:
                 scheme.aggregator = plugins.build("aggregator", cfg.aggregation.name, cfg.aggregation.options,
                                                   rounds=cfg.rounds)
+        if cfg.sharing.private:
+            from meshlearn.sharing.private import PrivateParameters
+
+            scheme = PrivateParameters(scheme, self.shared_columns())
         return plugins.build("algorithm", cfg.algorithm.name, cfg.algorithm.options, sharing=scheme)
+
+    def shared_columns(self) -> torch.Tensor:
+        """Columns of the flat parameters that nodes share: all but those ``sharing.private`` names."""
+        from meshlearn.sharing.private import shared_columns
+
+        try:
+            return shared_columns(self.layout, self.config.sharing.private)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def check_message_size(self) -> None:
         """Refuse a run whose messages exceed ``engine.max_message_bytes``: every receiver
@@ -132,8 +149,9 @@ class Experiment:
         sharing.setup(nodes)
         try:
             payload = sharing.encode(nodes, 1)
-        except NotImplementedError:   # secure aggregation: per-link masked models, one number per parameter
-            payload = {"params": nodes.params}
+        except NotImplementedError:   # secure aggregation: per-link masked models, one number per shared parameter
+            shared = self.shared_columns() if self.config.sharing.private else slice(None)
+            payload = {"params": nodes.params[:, shared]}
         size = int(payload_bytes(payload)[0]) + header_base_bytes("0" * 12, payload, self.config.rounds)
         limit = self.config.engine.max_message_bytes
         if size > limit:
@@ -145,6 +163,28 @@ class Experiment:
         """The ``Attack`` the Byzantine nodes run (``[byzantine]`` must be set)."""
         byz = self.config.byzantine
         return plugins.build("attack", byz.attack, byz.options, seed=self.config.seed)
+
+
+def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int,
+                         seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split each node's samples into (training, local test) with the node's own ``LOCAL_TEST``
+    stream, so the split depends only on the seed and the node, whatever the engine.
+
+    The test set is a uniform draw from the node's samples, hence follows its label distribution.
+    A node with m samples holds out round(m·share), at least 1 while m ≥ 2, but always keeps
+    ``min_samples`` for training: a node too small for both gets an empty local test set.
+    """
+    if share <= 0:
+        return parts, [np.zeros(0, dtype=np.int64) for _ in parts]
+    train, tests = [], []
+    for node, part in enumerate(parts):
+        m = len(part)
+        held = max(0, min(max(round(m * share), 1 if m >= 2 else 0), m - min_samples))
+        chosen = np.zeros(m, dtype=bool)
+        chosen[streams.generator(seed, Stream.LOCAL_TEST, node).choice(m, held, replace=False)] = True
+        train.append(part[~chosen])
+        tests.append(np.sort(part[chosen]))
+    return train, tests
 
 
 def _build_graph(cfg: ExperimentConfig) -> nx.Graph:

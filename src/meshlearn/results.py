@@ -188,7 +188,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-_ROW_KEYS = {"round", "node", "test_acc", "test_loss", "train_loss", "bytes_sent", "header_bytes"}
+_ROW_KEYS = {"round", "node", "test_acc", "test_loss", "train_loss", "bytes_sent", "header_bytes", "local_acc",
+             "local_loss"}
 
 
 def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
@@ -243,6 +244,9 @@ def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
                                  evaluation=Evaluation(nodes, col("test_acc", np.float64),
                                                        col("test_loss", np.float64), samples),
                                  node_metrics={k: col(k, np.float64) for k in extra})
+            if any("local_acc" in r for r in rows):   # evaluation.local_test > 0
+                local = (col("local_acc", np.float64), col("local_loss", np.float64))
+                report.evaluation.local_acc, report.evaluation.local_loss = local
             record, node_rows = round_record(report)
             writer.write_round(record)
             writer.write_nodes(node_rows)

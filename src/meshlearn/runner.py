@@ -221,6 +221,8 @@ def _final_nodes(experiment: Experiment, report: RoundReport) -> list[dict[str, 
         idx = experiment.parts[node]
         rows.append({"node": node, "train_samples": int(len(idx)), "classes": int(len(np.unique(labels[idx]))),
                      "degree": int(experiment.graph.degree(node)), **report.node_figures(i)})
+        if experiment.config.evaluation.local_test > 0:   # held out of train_samples
+            rows[-1]["local_test_samples"] = int(len(experiment.local_tests[node]))
         if experiment.config.byzantine is not None:
             rows[-1]["byzantine"] = node in experiment.byzantine
     return rows

@@ -46,6 +46,7 @@ class Stream(IntEnum):
     MESSAGE_LOSS = 15     # whether a node's asynchronous messages are lost
     BYZANTINE = 16        # which nodes are Byzantine (placement = 'random')
     ATTACK = 17           # an attacker's random draws in a round (e.g. Gaussian noise)
+    LOCAL_TEST = 18       # the share of a node's samples held out as its local test set
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

@@ -417,6 +417,8 @@ class Worker(NodeHost):
         self.times["eval_time_s"] += time.perf_counter() - t0
         msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
+        if ev.local_acc is not None:   # NaN (no local test set) travels as a float
+            msg["eval"].update(local_acc=ev.local_acc.tolist(), local_loss=ev.local_loss.tolist())
         return [pack(msg), total.numpy().tobytes(), *models]
 
     def run(self, rounds: int, send_models: bool = False) -> None:
