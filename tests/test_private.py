@@ -60,6 +60,7 @@ def test_private_parameters_are_refused_where_models_bypass_the_scheme():
     message = refusal(sharing__private=PRIVATE, nodes=4, topology={"kind": "star"},
                       algorithm={"name": "parameter_server"})
     assert "sharing.private" in message and "'parameter_server'" in message
+    assert "outside the sharing scheme" in refusal(sharing__private=PRIVATE, algorithm={"name": "gossip"})
 
 
 def test_shared_columns_follow_the_layout():

@@ -542,13 +542,11 @@ class ExperimentConfig(_Section):
         checked against the model in ``Experiment.build``)."""
         if not self.sharing.private:
             return
-        from meshlearn.algorithms.federated import ParameterServer
-
         what = f"sharing.private = {self.sharing.private}"
         if self.byzantine is not None:
             raise ValueError(f"{what} cannot go with [byzantine]: attacks craft whole models; remove one of them")
         algorithm = self.algorithm.implementation()
-        if algorithm.asynchronous or issubclass(algorithm, ParameterServer):
+        if not algorithm.sends_through_sharing:
             raise ValueError(f"{what}: algorithm.name = {self.algorithm.name!r} exchanges models or updates "
                              "outside the sharing scheme, so it would send private parameters; use "
                              "algorithm.name = 'dpsgd' or 'fedavg', or remove sharing.private")

@@ -232,7 +232,9 @@ class RemoveThenClip(Aggregator):
     τ_i = sqrt(Σ_{j∈S_i} w_ij ‖x_j − x_i‖² / δ_i), with δ_i the removed models' weight (the
     Byzantine weight the removal accounts for); no clipping when nothing was removed. A receiver
     with at most ``q`` messages removes them all and keeps its model. Equal distances are removed
-    in slot order. Defaults ``q = 1``, ``tau = None``.
+    in slot order. Defaults ``q = 1``, ``tau = None``. The paper's scheme (filter the neighbours,
+    then project the rest onto a sphere around x_i) is followed; removing a count ``q`` rather
+    than by a bound on the Byzantine weight, and the adaptive radius, are this implementation's.
     """
 
     name = "remove_then_clip"
@@ -261,7 +263,7 @@ class Balance(Aggregator):
     ‖x_i − x_j‖ ≤ γ·exp(−κ·t/T)·‖x_i‖ (t the round, T the run's rounds), and
     x_i ← α x_i + (1 − α)·mean(accepted), an unweighted mean; a receiver that accepts nothing
     keeps x_i. Mixing weights are not used; the own model is the reference even where its
-    weight is 0. Defaults γ = 0.3, κ = 1, α = 0.5 (the paper's).
+    weight is 0. Defaults γ = 0.3, κ = 1, α = 0.5.
     """
 
     name = "balance"

@@ -77,6 +77,7 @@ class AsyncAlgorithm(Algorithm):
     """An algorithm driven by the asynchronous simulator's events, over a fixed graph."""
 
     asynchronous = True
+    sends_through_sharing = False   # its messages are whole models it sends itself
 
     @classmethod
     def check_config(cls, cfg) -> None:

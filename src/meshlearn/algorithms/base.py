@@ -78,6 +78,9 @@ class Algorithm(ABC):
                 raise ValueError(f"{what} sends whole models to and from the server: use a sharing scheme "
                                  "that sends whole models, e.g. sharing.name = 'full' or 'quantize'")
 
+    sends_through_sharing: ClassVar[bool] = True
+    """Every model it sends is the sharing scheme's message (``encode``/``share``), so what the
+    scheme withholds (``sharing.private``) never leaves a node."""
     supports_secagg: ClassVar[bool] = False
     """Its exchanges can be secure aggregation's masked, per-link messages (D-PSGD)."""
 

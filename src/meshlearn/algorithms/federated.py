@@ -93,6 +93,7 @@ class ParameterServer(FedAvg):
     and momentum: v ← β v + Σ_k w_k Δ_k, x ← x + η v (η = 1, β = 0 is FedAvg)."""
 
     name = "parameter_server"
+    sends_through_sharing = False   # clients send raw updates, not the scheme's messages
 
     def __init__(self, sharing: Sharing,
                  client_fraction: ClientFraction = 1.0,
