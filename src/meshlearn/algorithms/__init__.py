@@ -4,11 +4,12 @@ from meshlearn.algorithms.asynchronous import ADPSGD, AsyncAlgorithm, AsyncConte
 from meshlearn.algorithms.base import Algorithm, RoundContext
 from meshlearn.algorithms.dpsgd import DPSGD
 from meshlearn.algorithms.federated import FedAvg, ParameterServer
+from meshlearn.algorithms.finetune import FineTuned
 from meshlearn.algorithms.local import LocalOnly
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (DPSGD, LocalOnly, FedAvg, ParameterServer, GossipLearning, ADPSGD)
+    cls.name: cls for cls in (DPSGD, LocalOnly, FineTuned, FedAvg, ParameterServer, GossipLearning, ADPSGD)
 }
 
 __all__ = ["Algorithm", "AsyncAlgorithm", "RoundContext", "AsyncContext", "Message", "DPSGD", "FedAvg",
-           "ParameterServer", "GossipLearning", "ADPSGD", "LocalOnly", "ALGORITHMS"]
+           "ParameterServer", "GossipLearning", "ADPSGD", "LocalOnly", "FineTuned", "ALGORITHMS"]
