@@ -197,8 +197,11 @@ def diverged_nodes(engine, report: RoundReport) -> int:
     engine). The training loss cannot tell: NaN there also marks nodes that did not train."""
     bad: set[int] = set()
     nodes = getattr(engine, "nodes", None)
-    if nodes is not None:   # an attacker's own model may be anything
-        finite = torch.isfinite(nodes.params.sum(dim=1)).cpu().numpy() | ~getattr(engine, "honest", True)
+    if nodes is not None:
+        finite = torch.isfinite(nodes.params.sum(dim=1)).cpu().numpy()
+        honest = getattr(engine, "honest", None)
+        if honest is not None:   # an attacker's own model may be anything
+            finite |= ~honest
         bad.update(np.flatnonzero(~finite).tolist())
     if report.evaluation is not None:
         ev = report.evaluation

@@ -52,6 +52,14 @@ class Adversary:
         return sharing.encode(NodeBatch(ids, crafted.float()), view.rnd)
 
 
+    def payload_with(self, sharing, view: AttackView, payload: Payload) -> Payload:
+        """``payload`` (one row per local node) with the attackers' rows replaced by their
+        crafted messages (an attack that sends one message per attacker)."""
+        crafted = self.messages(sharing, view)
+        index = torch.from_numpy(self.rows)
+        return {name: t.clone().index_copy_(0, index, crafted[name].to(t.dtype)) for name, t in payload.items()}
+
+
 def received_view(rows: np.ndarray, senders: np.ndarray, weights: np.ndarray, self_weight: torch.Tensor,
                   values: torch.Tensor, value_rows: np.ndarray, receivers: int) -> Received:
     """The messages ``receivers`` attackers got, as one ``Received``: message e went to

@@ -21,7 +21,6 @@ from rich.table import Table
 from rich.text import Text
 
 
-
 def add_parser(subparsers) -> None:
     lister = subparsers.add_parser(
         "list", help="list the module families, or one family's built-in implementations",

@@ -160,11 +160,11 @@ class SimEngine(NodeHost):
         attack, whose messages are extra rows) the payload row of every CSR link."""
         adversary, sharing = self.adversary, self.algorithm.sharing
         attack, off, rows = adversary.attack, links.graph.weights, adversary.rows
+        position = np.full(len(nodes), -1)   # each node's row among the attackers (-1: honest)
+        position[rows] = np.arange(len(rows))
         known = {}
         if attack.rushing:   # what each attacker received from honest senders in this exchange
             receivers = links.graph.receivers
-            position = np.full(len(nodes), -1)
-            position[rows] = np.arange(len(rows))
             heard = (position[receivers] >= 0) & self.honest[off.indices] & delivered
             known["received"] = received_view(position[receivers[heard]], off.indices[heard], off.data[heard],
                                               links.self_weight32[torch.from_numpy(rows)],
@@ -175,21 +175,16 @@ class SimEngine(NodeHost):
             known["graph"] = links.graph
         view = adversary.view(nodes, rnd, **known)
         if not attack.per_receiver:
-            crafted = adversary.messages(sharing, view)
-            index = torch.from_numpy(rows)
-            return {name: t.clone().index_copy_(0, index, crafted[name].to(t.dtype)) for name, t in payload.items()}, None
+            return adversary.payload_with(sharing, view, payload), None
         # one message per outgoing link of each attacker, receivers increasing: rows appended after the nodes'
         out_start = np.concatenate([[0], np.cumsum(links.out_degree)])
         count = links.out_degree[rows]
         first = np.concatenate([[0], np.cumsum(count)])[:-1]   # row of each attacker's first link in the crafted block
         crafted = adversary.messages(sharing, view, torch.from_numpy(np.repeat(adversary.ids.numpy(), count)))
         sources = off.indices.copy()
-        attacker_of = np.full(len(nodes), -1)
-        attacker_of[rows] = np.arange(len(rows))
-        sender_attacker = attacker_of[off.indices]
-        byz = np.flatnonzero(sender_attacker >= 0)
+        byz = np.flatnonzero(position[off.indices] >= 0)
         sender = off.indices[byz]
-        sources[byz] = len(nodes) + first[sender_attacker[byz]] + links.csr_order[byz] - out_start[sender]
+        sources[byz] = len(nodes) + first[position[sender]] + links.csr_order[byz] - out_start[sender]
         return {name: torch.cat([t, crafted[name].to(t.dtype)]) for name, t in payload.items()}, sources
 
     def _account(self, payload: Payload, rnd: int, links: GraphLinks, step: int, per_link: bool) -> np.ndarray:

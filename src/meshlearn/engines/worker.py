@@ -205,9 +205,7 @@ class Worker(NodeHost):
                 np.array(rows, dtype=np.int64), np.array(senders, dtype=np.int64), np.array(weights),
                 torch.from_numpy(links.graph.self_weight[attackers].astype(np.float32)), decoded,
                 np.arange(len(values)), len(attackers))
-        crafted = adversary.messages(sharing, adversary.view(nodes, rnd, **known))
-        index = torch.from_numpy(adversary.rows)
-        return {name: t.clone().index_copy_(0, index, crafted[name].to(t.dtype)) for name, t in payload.items()}
+        return adversary.payload_with(sharing, adversary.view(nodes, rnd, **known), payload)
 
     def _send_all(self, payload: Payload, rnd: int, step: int, links: GraphLinks, skip: set[int] = frozenset(),
                   only: list[int] | None = None) -> None:

@@ -90,8 +90,9 @@ def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray
     the next chunk is drawn; engines build their ``by_receiver`` on it."""
     degree = np.diff(indptr)
     shape = tuple(source.shape[1:])
+    size = int(np.prod(shape))   # values per message
     buffer = None
-    for r0, r1 in _chunk_bounds(degree, max(1, int(np.prod(shape))), chunk_nodes):
+    for r0, r1 in _chunk_bounds(degree, max(1, size), chunk_nodes):
         count = degree[r0:r1]
         b, k = r1 - r0, int(count.max(initial=0))
         lo, hi = int(indptr[r0]), int(indptr[r1])
@@ -104,9 +105,9 @@ def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray
         index = np.zeros(b * k, dtype=np.int64)
         index[slot] = source_rows[lo:hi]
         mask = torch.from_numpy(ids >= 0)
-        if buffer is None or buffer.numel() < b * k * int(np.prod(shape)):
-            buffer = source.new_empty(b * k * int(np.prod(shape)))
-        values = buffer[:b * k * int(np.prod(shape))].view(b * k, *shape)
+        if buffer is None or buffer.numel() < b * k * size:
+            buffer = source.new_empty(b * k * size)
+        values = buffer[:b * k * size].view(b * k, *shape)
         if len(source):
             torch.index_select(source, 0, torch.from_numpy(index), out=values)
             if not mask.all():

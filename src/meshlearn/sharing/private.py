@@ -59,9 +59,14 @@ class PrivateParameters(Sharing):
         self.shared = torch.as_tensor(shared, dtype=torch.int64)
         self.name = inner.name
 
+    def _part(self, nodes: NodeBatch) -> NodeBatch:
+        """The nodes as the inner scheme sees them: their shared columns, their state."""
+        return NodeBatch(nodes.ids, nodes.params.index_select(1, self.shared), nodes.state)
+
     @contextmanager
     def _restricted(self, nodes: NodeBatch) -> Iterator[NodeBatch]:
-        part = NodeBatch(nodes.ids, nodes.params.index_select(1, self.shared), nodes.state)
+        """``_part``, whose shared columns are written back into ``nodes`` afterwards."""
+        part = self._part(nodes)
         yield part
         nodes.params = nodes.params.index_copy(1, self.shared, part.params.to(nodes.params.dtype))
 
@@ -69,9 +74,8 @@ class PrivateParameters(Sharing):
         with self._restricted(nodes) as part:
             self.inner.setup(part)
 
-    def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
-        with self._restricted(nodes) as part:
-            return self.inner.encode(part, rnd)
+    def encode(self, nodes: NodeBatch, rnd: int) -> Payload:   # encoding changes no parameter
+        return self.inner.encode(self._part(nodes), rnd)
 
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
         with self._restricted(nodes) as part:
