@@ -47,6 +47,7 @@ class Stream(IntEnum):
     BYZANTINE = 16        # which nodes are Byzantine (placement = 'random')
     ATTACK = 17           # an attacker's random draws in a round (e.g. Gaussian noise)
     LOCAL_TEST = 18       # the share of a node's samples held out as its local test set
+    PEER_PROBE = 19       # the training samples a node scores its peers' models on (PENS)
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

@@ -17,6 +17,8 @@ With ``privacy.dp`` set, each step instead computes per-sample gradients (``vmap
 from __future__ import annotations
 
 import math
+import zlib
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -31,7 +33,11 @@ from meshlearn.config import DPConfig, TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
 from meshlearn.streams import Stream
 
-__all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps"]
+__all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps",
+           "DEFAULT_SAMPLER"]
+
+DEFAULT_SAMPLER = "model"
+"""The mini-batch sequence of a node's ordinary local training; other names draw their own."""
 
 # With DP, a chunk's per-sample gradients (chunk × batch_size × P floats) stay under this.
 _PER_SAMPLE_GRAD_BYTES = 1 << 28
@@ -207,8 +213,11 @@ class LocalTrainer:
         self.optimizer = plugins.build("optimizer", cfg.optimizer, cfg.optimizer_options, lr=cfg.lr)
         self.optimizer.setup(layout)
         parts = {node: idx for node, idx in parts.items() if len(idx)}  # a server holds no data
+        self.seed, self.parts = seed, parts
         self.samplers = {node: BatchSampler(idx, cfg.batch_size, streams.generator(seed, Stream.MINI_BATCH, node))
                          for node, idx in parts.items()}
+        self._other_samplers: dict[str, dict[int, BatchSampler]] = {}
+        self._how = _How()   # what the current call to train changes (see train's keywords)
         self._steps = {node: local_steps(cfg, len(idx)) for node, idx in parts.items()}
         self.privacy = None   # DP-SGD noise and accountants (meshlearn.privacy.dp.NodePrivacy) with privacy.dp
         if dp is not None:
@@ -246,9 +255,45 @@ class LocalTrainer:
     def init_state(self, nodes: NodeBatch) -> None:
         self.optimizer.init_state(nodes)
 
-    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, *, columns: torch.Tensor | None = None,
+              anchor: torch.Tensor | None = None, mu: float = 0.0, sampler: str = DEFAULT_SAMPLER) -> torch.Tensor:
         """One round of local training of the ``active`` nodes (default: all that hold data);
-        returns each node's mean training loss, NaN for nodes that did not train."""
+        returns each node's mean training loss, NaN for nodes that did not train.
+
+        The keywords vary the objective for personalized methods: only the parameter
+        ``columns`` (int64 indices of the flat parameters) change, the others keep their values
+        and optimizer state (a head trained on a frozen body); ``anchor`` rows (B, P) pull
+        each node towards them by ``mu / 2 · ||x - anchor||²``, applied after every update as
+        its proximal step ``x ← (x + lr·mu·anchor) / (1 + lr·mu)``, stable for any ``mu`` (Ditto,
+        FedProx); ``sampler`` names the sequence of mini-batches, each name its own stream, so a
+        second model trained on the same node does not shift the first one's batches.
+        """
+        if self.privacy is not None and (sampler != DEFAULT_SAMPLER or columns is not None or anchor is not None):
+            raise ValueError("privacy.dp accounts for plain training of the whole model, once per round: it cannot be "
+                             "combined with an algorithm that trains parts, second models or proximal objectives")
+        frozen = None
+        if columns is not None:
+            frozen = torch.ones(self.layout.size, dtype=torch.bool)
+            frozen[columns] = False
+            frozen = torch.nonzero(frozen).flatten()
+        outer, self._how = self._how, _How(frozen, mu if anchor is not None else 0.0, sampler)
+        try:
+            return self._train(nodes, active, anchor)
+        finally:
+            self._how = outer
+
+    def _samplers(self) -> dict[int, BatchSampler]:
+        name = self._how.sampler
+        if name == DEFAULT_SAMPLER:
+            return self.samplers
+        if name not in self._other_samplers:
+            extra = zlib.crc32(name.encode())
+            self._other_samplers[name] = {
+                node: BatchSampler(idx, self.cfg.batch_size, streams.generator(self.seed, Stream.MINI_BATCH, node, 0, extra))
+                for node, idx in self.parts.items()}
+        return self._other_samplers[name]
+
+    def _train(self, nodes: NodeBatch, active: torch.Tensor | None, anchor: torch.Tensor | None) -> torch.Tensor:
         has_data = torch.tensor([node in self.samplers for node in nodes.ids.tolist()], dtype=torch.bool)
         active = has_data if active is None else active & has_data
         if not bool(active.all()):
@@ -256,7 +301,7 @@ class LocalTrainer:
             losses = torch.full((len(nodes),), float("nan"))
             if len(rows):
                 sub = NodeBatch(nodes.ids[rows], nodes.params[rows], {k: v[rows] for k, v in nodes.state.items()})
-                losses[rows] = self.train(sub)
+                losses[rows] = self._train(sub, None, None if anchor is None else anchor[rows])
                 nodes.params[rows] = sub.params
                 for key, value in sub.state.items():
                     nodes.state[key][rows] = value
@@ -266,13 +311,16 @@ class LocalTrainer:
         for start in range(0, len(ids), self.chunk_size):
             chunk = slice(start, min(start + self.chunk_size, len(ids)))
             losses[chunk] = self._train_chunk(ids[chunk], nodes.params[chunk],
-                                              {k: v[chunk] for k, v in nodes.state.items()})
+                                              {k: v[chunk] for k, v in nodes.state.items()},
+                                              None if anchor is None else anchor[chunk])
         return losses
 
-    def _train_chunk(self, ids: list[int], params: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _train_chunk(self, ids: list[int], params: torch.Tensor, state: dict[str, torch.Tensor],
+                     anchor: torch.Tensor | None) -> torch.Tensor:
         steps = [self._steps[node] for node in ids]
         total = max(steps)
-        index = np.stack([_pad_steps(self.samplers[node].next_batches(s), total)
+        samplers = self._samplers()
+        index = np.stack([_pad_steps(samplers[node].next_batches(s), total)
                           for node, s in zip(ids, steps)], axis=1)  # (steps, c, batch)
         index = torch.from_numpy(index)
         xs, ys = self.x_train[index], self.y_train[index]  # step-major: each step's inputs are contiguous
@@ -281,16 +329,17 @@ class LocalTrainer:
         for step in range(total):
             active = steps_t > step
             if self.batching == "vmap":
-                loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step])
+                loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step], anchor)
             else:
                 loss = torch.zeros(len(ids))
                 for i in torch.nonzero(active).flatten().tolist():  # nodes done with their epochs rest
                     loss[i] = self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
-                                              xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1])
+                                              xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1],
+                                              None if anchor is None else anchor[i:i + 1])
             loss_sum += torch.where(active, loss, 0.0)
         return loss_sum / steps_t
 
-    def _vmap_step(self, params, state, x, y, active, ids, index) -> torch.Tensor:
+    def _vmap_step(self, params, state, x, y, active, ids, index, anchor) -> torch.Tensor:
         """One step of every node in the chunk: batched forward, one backward of the summed
         per-node losses (node i's gradient is that of its own loss); with DP, per-sample
         gradients of every node at once."""
@@ -301,10 +350,10 @@ class LocalTrainer:
         logits = self._batched_forward(leaves, x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        self.optimizer.step(params, list(grads), state, active)
+        self._update(params, list(grads), state, active, anchor)
         return loss.detach()
 
-    def _node_step(self, row, state, x, y, ids, index) -> torch.Tensor:
+    def _node_step(self, row, state, x, y, ids, index, anchor) -> torch.Tensor:
         """One step of one node (a (1, P) row): plain autograd on its own forward pass; with
         DP, its per-sample gradients."""
         if self.privacy is not None:
@@ -314,7 +363,7 @@ class LocalTrainer:
         leaves = {k: v[0].detach().requires_grad_() for k, v in self.layout.views(row).items()}
         loss = F.cross_entropy(self._forward(leaves, x), y)
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        self.optimizer.step(row, [g.unsqueeze(0) for g in grads], state)
+        self._update(row, [g.unsqueeze(0) for g in grads], state, None, anchor)
         return loss.detach()
 
     def _private_step(self, params, state, sample_grads, sample_losses, ids, index, active=None) -> torch.Tensor:
@@ -323,6 +372,33 @@ class LocalTrainer:
         grads = self.privacy.gradients(list(sample_grads.values()), ids, index, active)
         self.optimizer.step(params, grads, state, active)
         return sample_losses.mean(1)
+
+    @torch.no_grad()
+    def _update(self, params, grads, state, active, anchor) -> None:
+        """The optimizer's step of the rows ``params``, then what this call of ``train`` adds:
+        the proximal pull towards ``anchor``, and frozen columns put back (values and state)."""
+        how = self._how
+        frozen = how.frozen
+        if frozen is not None:
+            saved = {name: t.index_select(1, frozen) for name, t in [("", params), *state.items()]
+                     if t.dim() == 2 and t.shape == params.shape}
+        self.optimizer.step(params, grads, state, active)
+        if how.mu:
+            shrink = self.optimizer.lr * how.mu
+            pulled = (params + shrink * anchor) / (1 + shrink)
+            params.copy_(pulled if active is None else torch.where(active[:, None], pulled, params))
+        if frozen is not None:
+            for name, values in saved.items():
+                (state[name] if name else params).index_copy_(1, frozen, values)
+
+
+@dataclass(frozen=True)
+class _How:
+    """What one call of ``LocalTrainer.train`` changes in the local objective."""
+
+    frozen: torch.Tensor | None = None   # columns that keep their values and state
+    mu: float = 0.0
+    sampler: str = DEFAULT_SAMPLER
 
 
 def _pad_steps(batches: np.ndarray, total: int) -> np.ndarray:

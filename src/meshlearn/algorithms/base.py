@@ -25,9 +25,12 @@ __all__ = ["RoundContext", "Algorithm"]
 class RoundContext(Protocol):
     """What an engine offers an algorithm during one round."""
 
-    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, *, columns: torch.Tensor | None = None,
+              anchor: torch.Tensor | None = None, mu: float = 0.0, sampler: str = "model") -> torch.Tensor:
         """Run the configured local training of the ``active`` nodes (default all); returns
-        the per-node mean training loss (NaN for nodes that did not train)."""
+        the per-node mean training loss (NaN for nodes that did not train). The keywords are
+        ``LocalTrainer.train``'s: train only some parameter ``columns``, add a proximal pull
+        ``mu`` towards ``anchor`` rows, draw mini-batches from a named ``sampler``."""
 
     def graph(self, rnd: int) -> RoundGraph:
         """The communication graph of round ``rnd``."""

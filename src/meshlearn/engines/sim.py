@@ -115,8 +115,8 @@ class SimEngine(NodeHost):
         return self.play_round(rnd)
 
     # RoundContext
-    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
-        return self.trainer.train(nodes, active)
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
+        return self.trainer.train(nodes, active, **how)
 
     def graph(self, rnd: int) -> RoundGraph:
         return self.topology.graph(rnd)

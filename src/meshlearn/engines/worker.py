@@ -143,9 +143,9 @@ class Worker(NodeHost):
         return self.topology.graph(rnd).receivers_of(node)
 
     # RoundContext
-    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None) -> torch.Tensor:
+    def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
         t0 = time.perf_counter()
-        loss = self.trainer.train(nodes, active)
+        loss = self.trainer.train(nodes, active, **how)
         self.times["train_time_s"] += time.perf_counter() - t0
         return loss
 
