@@ -91,18 +91,36 @@ def test_split_depends_only_on_seed_and_node():
         np.testing.assert_array_equal(x, y)
 
 
-def test_server_holds_no_local_test_and_fedavg_scores_none():
-    """FedAvg's node 0 serves and holds no data: an empty local test set. Only the server's
-    model is evaluated, so no node is scored on a local test set."""
-    cfg = small_config(nodes=5, rounds=1, algorithm={"name": "fedavg"}, topology={"kind": "star"},
+def test_fedavg_scores_the_server_model_on_every_clients_local_test(tmp_path):
+    """FedAvg's node 0 serves and holds no data (an empty local test set); the model of every
+    client is the server's, so the local figures are the server's model on each client's set,
+    the same on processes and through ``meshlearn merge``'s rebuilding from node rows."""
+    cfg = small_config(nodes=5, rounds=2, algorithm={"name": "fedavg"}, topology={"kind": "star"},
                        evaluation__local_test=0.2)
     sim, reports = run_sim(cfg)
     exp = sim.experiment
     assert len(exp.parts[0]) == len(exp.local_tests[0]) == 0
     assert all(len(t) == round(0.2 * (len(t) + len(p))) > 0 for p, t in zip(exp.parts[1:], exp.local_tests[1:]))
     record, rows = round_record(reports[-1])
-    assert record["local_nodes"] == 0 and record["local_acc_mean"] is None and record["local_acc_worst_node"] is None
-    assert [row["node"] for row in rows] == [0] and np.isnan(rows[0]["local_acc"])
+    assert record["eval_nodes"] == 1 and record["local_nodes"] == 4
+    ev = reports[-1].evaluation
+    for client, acc in zip(ev.local_nodes, ev.local_acc):   # by hand: the server's model on the client's set
+        x = torch.from_numpy(exp.dataset.x_train[exp.local_tests[client]])
+        y = torch.from_numpy(exp.dataset.y_train[exp.local_tests[client]])
+        logits = torch.func.functional_call(exp.model, exp.layout.views(sim.nodes.params[0]), (x,))
+        assert abs((logits.argmax(1) == y).float().mean().item() - acc) < 1e-6
+    assert record["local_acc_mean"] == pytest.approx(float(np.mean(ev.local_acc)))
+    assert [row["node"] for row in rows] == [0, 1, 2, 3, 4]
+    assert "local_acc" not in rows[0] and all("test_acc" not in row for row in rows[1:])
+    _, processes_reports, _ = run_processes(cfg, workers=2)
+    theirs, their_rows = round_record(processes_reports[-1])
+    assert {k: theirs[k] for k in LOCAL_KEYS} == pytest.approx({k: record[k] for k in LOCAL_KEYS}, rel=1e-6)
+    assert [row.get("local_acc") for row in their_rows] == [row.get("local_acc") for row in rows]   # same hits
+    meshlearn.run(cfg, out=tmp_path / "run")
+    merge_runs([tmp_path / "run"], tmp_path / "merged")
+    for a, b in zip(read_jsonl(tmp_path / "run" / "rounds.jsonl"), read_jsonl(tmp_path / "merged" / "rounds.jsonl"),
+                    strict=True):
+        assert {k: b[k] for k in LOCAL_KEYS} == pytest.approx({k: a[k] for k in LOCAL_KEYS})
 
 
 # the records

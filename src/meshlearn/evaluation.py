@@ -65,7 +65,12 @@ class Evaluator:
         rows = torch.from_numpy(np.flatnonzero(wanted))
         acc, loss = self.models(params[rows]) if len(rows) else (torch.empty(0), torch.empty(0))
         evaluation = Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y))
-        if self.cfg.local_test > 0:
+        if self.cfg.local_test > 0 and self.server_only:
+            # the server's model is every client's: score it on each client's own data
+            clients = np.arange(1 if len(rows) else 0, self.experiment.num_nodes if len(rows) else 0, dtype=np.int64)
+            evaluation.local_nodes = clients
+            evaluation.local_acc, evaluation.local_loss = self.own(clients, params[rows].expand(len(clients), -1))
+        elif self.cfg.local_test > 0:
             evaluation.local_acc, evaluation.local_loss = self.own(evaluation.nodes, params[rows])
         return evaluation
 
@@ -115,6 +120,12 @@ class Evaluation:
     topology: dict | None = None     # the round graph's label, degrees and spectral gap
     local_acc: np.ndarray | None = None    # each node on its own local test set (NaN: it has none);
     local_loss: np.ndarray | None = None   # None unless evaluation.local_test > 0
+    local_nodes: np.ndarray | None = None  # whom local_acc is about when not ``nodes`` (a server's clients)
+
+    @property
+    def locally_scored(self) -> np.ndarray:
+        """The nodes ``local_acc`` and ``local_loss`` are aligned with."""
+        return self.nodes if self.local_nodes is None else self.local_nodes
 
 
 @dataclass
@@ -171,14 +182,22 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
         if ev.local_acc is not None:
             record.update(_local_figures(ev))
         position = {int(node): i for i, node in enumerate(report.nodes)}
-        for k, (node, acc, loss) in enumerate(zip(ev.nodes, ev.acc, ev.loss)):
-            i = position.get(int(node))
-            row = {"round": report.rnd, "node": int(node), "test_acc": float(acc), "test_loss": float(loss)}
-            if ev.local_acc is not None:
-                row.update(local_acc=float(ev.local_acc[k]), local_loss=float(ev.local_loss[k]))
-            if i is not None:
-                row.update(report.node_figures(i), header_bytes=int(report.header_bytes[i]))
-            rows.append(row)
+        by_node: dict[int, dict[str, Any]] = {}
+
+        def row_of(node: int) -> dict[str, Any]:
+            if node not in by_node:
+                by_node[node] = {"round": report.rnd, "node": node}
+                i = position.get(node)
+                if i is not None:
+                    by_node[node].update(report.node_figures(i), header_bytes=int(report.header_bytes[i]))
+            return by_node[node]
+
+        for node, acc, loss in zip(ev.nodes, ev.acc, ev.loss):
+            row_of(int(node)).update(test_acc=float(acc), test_loss=float(loss))
+        if ev.local_acc is not None:
+            for node, acc, loss in zip(ev.locally_scored, ev.local_acc, ev.local_loss):
+                row_of(int(node)).update(local_acc=float(acc), local_loss=float(loss))
+        rows = [by_node[node] for node in sorted(by_node)]
     record["eval_time_s"] = report.eval_time_s
     return record, rows
 
@@ -196,7 +215,7 @@ def _local_figures(ev: Evaluation) -> dict[str, Any]:
         worst = np.sort(values)[:max(1, len(values) // 10)]
         out.update(local_acc_mean=float(values.mean()), local_acc_min=float(values.min()),
                    local_acc_p10=float(worst.mean()),
-                   local_acc_worst_node=int(np.asarray(ev.nodes)[scored][np.argmin(values)]),
+                   local_acc_worst_node=int(np.asarray(ev.locally_scored)[scored][np.argmin(values)]),
                    local_loss_mean=float(losses[np.isfinite(losses)].mean()) if np.isfinite(losses).any() else None)
     return out
 

@@ -239,14 +239,18 @@ def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
             col = lambda key, dtype: np.array([r.get(key, np.nan) for r in rows], dtype=dtype)
             extra = sorted({k for r in rows for k in r} - _ROW_KEYS)
             nodes = col("node", np.int64)
+            tested = np.array(["test_acc" in r for r in rows], dtype=bool)
             report = RoundReport(rnd, nodes, col("train_loss", np.float64), col("bytes_sent", np.float64),
                                  col("header_bytes", np.float64), walls.get(rnd, 0.0),
-                                 evaluation=Evaluation(nodes, col("test_acc", np.float64),
-                                                       col("test_loss", np.float64), samples),
+                                 evaluation=Evaluation(nodes[tested], col("test_acc", np.float64)[tested],
+                                                       col("test_loss", np.float64)[tested], samples),
                                  node_metrics={k: col(k, np.float64) for k in extra})
-            if any("local_acc" in r for r in rows):   # evaluation.local_test > 0
-                local = (col("local_acc", np.float64), col("local_loss", np.float64))
-                report.evaluation.local_acc, report.evaluation.local_loss = local
+            local = np.array(["local_acc" in r for r in rows], dtype=bool)
+            if local.any():   # evaluation.local_test > 0
+                ev = report.evaluation
+                ev.local_acc, ev.local_loss = col("local_acc", np.float64)[local], col("local_loss", np.float64)[local]
+                if not np.array_equal(local, tested):   # a server's model scored on its clients' sets
+                    ev.local_nodes = nodes[local]
             record, node_rows = round_record(report)
             writer.write_round(record)
             writer.write_nodes(node_rows)

@@ -298,9 +298,14 @@ class ProcessesEngine:
                             evs[0]["samples"])
             order = np.argsort(ev.nodes)
             ev.nodes, ev.acc, ev.loss = ev.nodes[order], ev.acc[order], ev.loss[order]
-            if "local_acc" in evs[0]:   # each node on its own local test set, in the same node order
-                local = lambda key: np.concatenate([np.asarray(e[key], dtype=np.float32) for e in evs])[order]
+            if "local_acc" in evs[0]:   # each node on its own local test set, in node order
+                scored = "local_nodes" in evs[0]   # a server's model on its clients' sets
+                who = np.concatenate([np.asarray(e["local_nodes" if scored else "nodes"], dtype=np.int64) for e in evs])
+                local_order = np.argsort(who)
+                local = lambda key: np.concatenate([np.asarray(e[key], dtype=np.float32) for e in evs])[local_order]
                 ev.local_acc, ev.local_loss = local("local_acc"), local("local_loss")
+                if scored:
+                    ev.local_nodes = who[local_order]
             ev.topology = self.experiment.topology.graph(rnd).describe()
             t0 = time.perf_counter()
             if self.whole_run and len(nodes):

@@ -417,6 +417,8 @@ class Worker(NodeHost):
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
         if ev.local_acc is not None:   # NaN (no local test set) travels as a float
             msg["eval"].update(local_acc=ev.local_acc.tolist(), local_loss=ev.local_loss.tolist())
+            if ev.local_nodes is not None:
+                msg["eval"]["local_nodes"] = ev.local_nodes.tolist()
         return [pack(msg), total.numpy().tobytes(), *models]
 
     def run(self, rounds: int, send_models: bool = False) -> None:
