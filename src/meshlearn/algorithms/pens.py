@@ -67,16 +67,16 @@ class PENS(Algorithm):
         super().setup(nodes, experiment)
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.layout = experiment.layout
-        x, y = experiment.dataset.x_train, experiment.dataset.y_train
+        self.x = torch.from_numpy(experiment.dataset.x_train)
+        self.y = torch.from_numpy(experiment.dataset.y_train).long()
         probes = []   # `probe` samples per node: a shuffle of its own, repeated if it has fewer
         for node in nodes.ids.tolist():
             part = experiment.parts[node]
             rng = streams.generator(experiment.config.seed, Stream.PEER_PROBE, node)
             probes.append(np.resize(rng.permutation(part), self.probe) if len(part) else None)
-        self.has_probe = torch.tensor([p is not None for p in probes])
-        rows = [p if p is not None else np.zeros(self.probe, dtype=np.int64) for p in probes]
-        self.probe_x = torch.stack([torch.from_numpy(x[p]) for p in rows]) if rows else None
-        self.probe_y = torch.stack([torch.from_numpy(y[p]).long() for p in rows]) if rows else None
+        self.has_probe = torch.tensor([p is not None for p in probes], dtype=torch.bool)
+        self.probes = torch.from_numpy(np.stack([p if p is not None else np.zeros(self.probe, dtype=np.int64)
+                                                 for p in probes]).astype(np.int64).reshape(len(probes), self.probe))
         self._losses = vmap(self._loss)
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -89,10 +89,11 @@ class PENS(Algorithm):
         owner = rows.repeat_interleave(k)
         flat = models.reshape(b * k, -1)
         out = torch.empty(b * k)
-        group = max(1, _PROBE_BATCH // self.probe_x.shape[1])
+        group = max(1, _PROBE_BATCH // self.probe)
         for start in range(0, b * k, group):
             part = slice(start, min(start + group, b * k))
-            out[part] = self._losses(self.layout.views(flat[part]), self.probe_x[owner[part]], self.probe_y[owner[part]])
+            samples = self.probes[owner[part]]   # (models, probe) rows of the training set
+            out[part] = self._losses(self.layout.views(flat[part]), self.x[samples], self.y[samples])
         return out.view(b, k)
 
     def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
