@@ -177,3 +177,28 @@ def test_messages_larger_than_the_receivers_accept_are_refused_before_work():
     sparse = parse_config({"engine": {"name": "processes", "max_message_bytes": 4096}, "sharing": {"name": "topk"}})
     Experiment.build(sparse)   # top-10 % messages fit
     Experiment.build(parse_config({"engine": {"max_message_bytes": 4096}}))   # the simulator sends nothing
+
+
+def test_a_binary_file_is_not_a_config(tmp_path):
+    path = tmp_path / "noise.toml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match=r"noise\.toml: not a text file"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("seed", [-1, 1 << 63])
+def test_seeds_outside_the_streams_range_are_refused(seed):
+    with pytest.raises(ConfigError, match="seed"):
+        parse_config({"seed": seed, "data": {"dataset": "digits"}})
+
+
+def test_workers_must_bind_to_an_address_of_this_machine():
+    with pytest.raises(ConfigError, match=r"engine\.host = '192\.0\.2\.1' is not an address of this machine"):
+        parse_config({"data": {"dataset": "digits"}, "engine": {"name": "processes", "host": "192.0.2.1"}})
+    parse_config({"data": {"dataset": "digits"}, "engine": {"name": "processes", "host": "127.0.0.1"}})
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_allocating():
+    cfg = parse_config({"data": {"dataset": "digits"}, "training": {"batch_size": 10**9}})
+    with pytest.raises(ConfigError, match=r"training\.batch_size = 1000000000 exceeds the 1437 training samples"):
+        Experiment.build(cfg)

@@ -453,3 +453,14 @@ def test_cli_help_lists_subcommands(capsys):
     out = capsys.readouterr().out
     assert "generate" in out and "inspect" in out and "draw" in out
     assert cli(["topology"]) == 2
+
+
+@pytest.mark.parametrize("reader", ["edges", "adjacency"])
+def test_absurd_node_counts_are_refused_before_building_a_graph(tmp_path, reader):
+    path = tmp_path / "huge.graph"
+    path.write_text("1000000000000\n0 1\n")
+    with pytest.raises(ValueError, match="more than the 1048576"):
+        topology.read_graph(path, format=reader)
+    path.write_text("100000\n0 1\n")
+    with pytest.raises(ValueError, match="declares 100000 nodes but nodes = 8"):
+        topology.read_graph(path, format=reader, nodes=8)

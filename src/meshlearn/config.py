@@ -438,6 +438,20 @@ class EngineConfig(_Section):
                              "messages before going on without the missing neighbours")
     max_message_bytes: int = Field(1 << 30, ge=1024, description="larger incoming messages are rejected")
 
+    @model_validator(mode="after")
+    def _host_is_local(self) -> "EngineConfig":
+        """Workers bind to ``host``: it must be an address of this machine (tried, not parsed)."""
+        if self.name == "processes":
+            import socket
+
+            try:
+                with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as probe:
+                    probe.bind((self.host, 0))
+            except OSError as exc:
+                raise ValueError(f"engine.host = {self.host!r} is not an address of this machine ({exc.strerror}): "
+                                 "use 127.0.0.1, 0.0.0.0 or one of its interfaces' addresses") from None
+        return self
+
 
 class LinkConfig(_Section):
     """Properties of a network link; unset values fall back to the enclosing section."""
@@ -473,7 +487,8 @@ class NetworkConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="labels the run (default run directory runs/<name>-<time>)")
-    seed: int = Field(0, description="seeds every random draw of the run (streams.py)")
+    seed: int = Field(0, ge=0, lt=1 << 63, description="seeds every random draw of the run (streams.py), "
+                      "0 ≤ seed < 2⁶³")
     nodes: int = Field(16, ge=1, description="number of nodes")
     rounds: int = Field(20, ge=1, description="number of rounds")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -633,7 +648,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, check_f
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (TOML is UTF-8 text); give an experiment config "
+                          "such as examples/quickstart.toml") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     raw = set_values(apply_overrides(raw, overrides or []), values or {})

@@ -54,6 +54,9 @@ class Experiment:
             parts = data.partition(dataset.y_train, cfg.nodes - server, cfg.data.partition, cfg.seed,
                                    users=dataset.users_train, min_samples=cfg.data.min_samples,
                                    **cfg.data.partition_options)
+            if cfg.training.batch_size > len(dataset.y_train):
+                raise ValueError(f"training.batch_size = {cfg.training.batch_size} exceeds the {len(dataset.y_train)} "
+                                 f"training samples of data.dataset = {cfg.data.dataset!r}: lower it")
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
             parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
@@ -191,10 +194,10 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
     """The first phase's fixed graph (a dynamic topology's round graphs are drawn per round)."""
     topo = cfg.topology
     if topo.kind == "file":
-        graph = topology.read_graph(topo.path)
-        if graph.number_of_nodes() != cfg.nodes:
-            raise ValueError(f"topology.path = {topo.path!r} has {graph.number_of_nodes()} nodes but "
-                             f"nodes = {cfg.nodes}; make them agree")
+        try:
+            graph = topology.read_graph(topo.path, nodes=cfg.nodes)
+        except ValueError as exc:
+            raise ValueError(f"topology.path = {topo.path!r}: {exc}") from None
     else:
         graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.options)
     if cfg.nodes > 1 and not topo.dynamic and not topology.is_connected(graph):

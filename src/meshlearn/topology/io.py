@@ -61,8 +61,13 @@ def write_adjacency_list(G: nx.Graph, path: PathLike) -> None:
             f.write(" ".join(map(str, [i, *neighbours])) + "\n")
 
 
-def _data_lines(path: PathLike) -> tuple[int, list[tuple[int, list[int]]]]:
-    """Node count and the non-blank lines after it as (line number, ints)."""
+MAX_NODES = 1 << 20
+"""Largest node count a graph file may declare: the header is checked before a graph is built."""
+
+
+def _data_lines(path: PathLike, nodes: int | None = None) -> tuple[int, list[tuple[int, list[int]]]]:
+    """Node count and the non-blank lines after it as (line number, ints); a header that
+    declares more than ``MAX_NODES`` nodes, or other than the expected ``nodes``, is refused."""
     name = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -86,6 +91,11 @@ def _data_lines(path: PathLike) -> tuple[int, list[tuple[int, list[int]]]]:
     (n,) = ints(head_no, head)
     if n < 0:
         raise ValueError(f"{name}:{head_no}: node count {n} must be >= 0")
+    if nodes is not None and n != nodes:
+        raise ValueError(f"{name}:{head_no}: the header declares {n} nodes but nodes = {nodes}; make them agree")
+    if n > MAX_NODES:
+        raise ValueError(f"{name}:{head_no}: the header declares {n} nodes, more than the {MAX_NODES} a graph file "
+                         "may hold")
     rows = [(no, ints(no, tokens)) for no, tokens in numbered[1:]]
     for no, values in rows:
         for x in values:
@@ -102,10 +112,10 @@ def _graph(n: int) -> nx.Graph:
     return G
 
 
-def read_edge_list(path: PathLike) -> nx.Graph:
-    """Read an edge-list file; nodes that appear in no edge stay isolated."""
+def read_edge_list(path: PathLike, nodes: int | None = None) -> nx.Graph:
+    """Read an edge-list file (of ``nodes`` nodes, when given); nodes that appear in no edge stay isolated."""
     name = os.fspath(path)
-    n, rows = _data_lines(path)
+    n, rows = _data_lines(path, nodes)
     G = _graph(n)
     for no, values in rows:
         if len(values) != 2:
@@ -117,10 +127,14 @@ def read_edge_list(path: PathLike) -> nx.Graph:
     return G
 
 
-def read_adjacency_list(path: PathLike) -> nx.Graph:
-    """Read an adjacency-list file: exactly one row per node, rows in node order."""
+def read_adjacency_list(path: PathLike, nodes: int | None = None) -> nx.Graph:
+    """Read an adjacency-list file (of ``nodes`` nodes, when given): exactly one row per node, rows in node order."""
     name = os.fspath(path)
-    n, rows = _data_lines(path)
+    n, rows = _data_lines(path, nodes)
+    if len(rows) != n:
+        raise ValueError(
+            f"{name}: header declares {n} nodes but the file has {len(rows)} node rows"
+        )
     G = _graph(n)
     for expected, (no, values) in enumerate(rows):
         if expected >= n:
@@ -136,10 +150,6 @@ def read_adjacency_list(path: PathLike) -> nx.Graph:
         if node in neighbours:
             raise ValueError(f"{name}:{no}: node {node} lists itself as a neighbour")
         G.add_edges_from((node, j) for j in neighbours)
-    if len(rows) != n:
-        raise ValueError(
-            f"{name}: header declares {n} nodes but the file has {len(rows)} node rows"
-        )
     return G
 
 
@@ -150,8 +160,9 @@ def _sniff(path: PathLike) -> str:
     return "edges" if all(len(r) == 2 for r in rows) else "adjacency"
 
 
-def read_graph(path: PathLike, format: str | None = None) -> nx.Graph:
-    """Read a graph file; ``format`` is "edges" or "adjacency", or None to infer it.
+def read_graph(path: PathLike, format: str | None = None, nodes: int | None = None) -> nx.Graph:
+    """Read a graph file; ``format`` is "edges" or "adjacency", or None to infer it; with
+    ``nodes``, a file of another node count is refused before any graph is built.
 
     Inference uses the suffix (``.edges``/``.txt`` edge list, ``.adj`` adjacency) and
     otherwise looks at the content.
@@ -160,7 +171,7 @@ def read_graph(path: PathLike, format: str | None = None) -> nx.Graph:
         suffix = Path(path).suffix.lower()
         format = _SUFFIX_FORMAT.get(suffix) or _sniff(path)
     if format == "edges":
-        return read_edge_list(path)
+        return read_edge_list(path, nodes)
     if format == "adjacency":
-        return read_adjacency_list(path)
+        return read_adjacency_list(path, nodes)
     raise ValueError(f"unknown graph file format {format!r}; choose one of: {', '.join(FORMATS)}")

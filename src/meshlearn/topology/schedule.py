@@ -179,11 +179,10 @@ class TopologySchedule:
         from meshlearn.topology.io import read_graph
 
         if phase.kind == "file":
-            G = read_graph(phase.path)
-            if G.number_of_nodes() != self.n:
+            try:
+                return read_graph(phase.path, nodes=self.n)
+            except ValueError as exc:
                 where = next((f"topology.schedule[{k}]" for k, p in enumerate(self.cfg.topology.schedule)
                               if p is phase), "topology")
-                raise ValueError(f"{where}.path = {phase.path!r} has {G.number_of_nodes()} nodes but "
-                                 f"nodes = {self.n}; make them agree")
-            return G
+                raise ValueError(f"{where}.path = {phase.path!r}: {exc}") from None
         return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.options)
