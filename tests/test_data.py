@@ -125,6 +125,23 @@ def test_read_idx_dtypes(tmp_path, code, dtype):
     assert out.shape == (2, 3, 4) and np.array_equal(out, a)
 
 
+def test_idx_declared_sizes_are_checked_before_reading(tmp_path):
+    """A header declaring a huge array is refused before anything is allocated, and a gzip
+    bomb is not decompressed past the size its header declares."""
+    huge = tmp_path / "huge-idx3-ubyte"
+    huge.write_bytes(b"\x00\x00\x08\x03" + np.array([60000, 4000, 4000], ">u4").tobytes() + b"\x00" * 16)
+    with pytest.raises(ValueError, match="huge-idx3-ubyte: the header declares shape .* more than"):
+        idx.read_idx(huge)
+    bomb = tmp_path / "bomb-idx1-ubyte.gz"   # declares 10 bytes, decompresses to 1 GB
+    with gzip.open(bomb, "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + np.array([10], ">u4").tobytes())
+        for _ in range(64):
+            f.write(bytes(1 << 24))
+    assert bomb.stat().st_size < 2_000_000
+    with pytest.raises(ValueError, match="bomb-idx1-ubyte.gz: IDX file has trailing bytes"):
+        idx.read_idx(bomb)
+
+
 def test_corrupt_idx_raises_value_error_naming_file(tmp_path):
     make_mnist_dir(tmp_path, gz=False)
     images = tmp_path / "train-images-idx3-ubyte"

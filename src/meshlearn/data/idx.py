@@ -55,32 +55,47 @@ _HINTS = {
 }
 
 
+MAX_IDX_BYTES = 1 << 31
+"""Largest array an IDX file may declare (2 GiB; the full EMNIST's largest file holds 0.7 GB):
+the header is checked before anything is allocated or decompressed."""
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Parse one IDX file (``.gz`` detected by content, not by name)."""
+    """Parse one IDX file (``.gz`` detected by content, not by name). The declared shape is
+    checked against ``MAX_IDX_BYTES`` and, for a plain file, against its size before the data
+    are read, and a gzipped file is never decompressed past the size its header declares."""
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    dtype = _IDX_DTYPES[raw[2]]
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(raw) - header
-    if actual != expected:
-        kind = "truncated" if actual < expected else "has trailing bytes"
-        raise ValueError(
-            f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), "
-            f"found {actual} bytes"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    with open(path, "rb") as plain:
+        gzipped = plain.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise ValueError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+            dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, {ndim} dimensions)")
+            shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise ValueError(f"{path}: the header declares shape {shape} ({expected} bytes), more than the "
+                                 f"{MAX_IDX_BYTES} bytes an IDX file may hold here")
+            if not gzipped and expected != path.stat().st_size - 4 - 4 * ndim:
+                actual = path.stat().st_size - 4 - 4 * ndim
+                kind = "truncated" if actual < expected else "has trailing bytes"
+                raise ValueError(f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), "
+                                 f"found {actual} bytes")
+            raw = f.read(expected + 1)   # one byte more tells trailing data, without reading it all
+    except (OSError, EOFError, zlib.error) as exc:
+        if not gzipped:
+            raise
+        raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+    if len(raw) != expected:
+        found = f"found {len(raw)} bytes" if len(raw) < expected else "found more"
+        kind = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise ValueError(f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), {found}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _search_dirs(name: str, root: str | None) -> list[Path]:
