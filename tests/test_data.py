@@ -435,3 +435,21 @@ def test_real_fashion_mnist(monkeypatch):
     assert hist.shape == (64, 10) and hist.sum() == 60000
     shares = hist / hist.sum(axis=1, keepdims=True)
     assert 0.5 * np.abs(shares - 0.1).sum(axis=1).mean() > 0.25  # label skew (TV distance): IID gives ≈ 0.04
+
+
+def test_cifar_lengths_declared_in_the_pickle_are_checked_before_allocating(tmp_path):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x04\x96" + struct.pack("<Q", 1 << 40) + b"tiny")   # BYTEARRAY8 of 1 TiB
+    with pytest.raises(ValueError, match="data_batch_1: not a valid CIFAR-10 batch"):
+        cifar.read_batch(path)
+
+
+@pytest.mark.parametrize("blob, hint", [
+    ({"users": "u1", "user_data": {}}, "'users' must be a list"),
+    ({"users": ["u1"], "num_samples": {"u1": 1}, "user_data": {"u1": {"x": [1], "y": [0]}}}, "'num_samples'"),
+    ({"users": ["u1"], "user_data": {"u1": {"x": 3, "y": [0]}}}, "'x' and 'y' must be lists"),
+])
+def test_leaf_files_of_the_wrong_shape_name_the_file(tmp_path, blob, hint):
+    (tmp_path / "all_data.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match=f"all_data.json: {hint}"):
+        leaf.read_leaf_split(tmp_path)

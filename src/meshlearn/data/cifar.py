@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,17 @@ class BatchUnpickler(pickle.Unpickler):
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """One batch as ``(uint8 (n, 3072), int64 (n,))``; ValueError naming the file if malformed."""
     path = Path(path)
+    raw = path.read_bytes()
     try:
+        # every length an opcode declares is checked against the bytes really there, before the
+        # unpickler would allocate a buffer of that length
+        for _ in pickletools.genops(raw):
+            pass
         # encoding="bytes" is the documented way to read the Python 2 batches.
-        obj = BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise ValueError(f"{path}: not a valid CIFAR-10 batch ({exc})") from exc
+        obj = BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            UnicodeError, OverflowError, RecursionError) as exc:   # malformed opcodes fail in many ways
+        raise ValueError(f"{path}: not a valid CIFAR-10 batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
 

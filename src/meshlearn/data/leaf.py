@@ -90,11 +90,17 @@ def read_leaf_split(folder: str | Path) -> list[tuple[str, list, list]]:
         user_data = blob["user_data"]
         users = blob.get("users", list(user_data))
         counts = blob.get("num_samples")
+        if not isinstance(users, list) or not all(isinstance(user, str) for user in users):
+            raise ValueError(f"{path}: 'users' must be a list of user names")
+        if counts is not None and not (isinstance(counts, list) and all(type(c) is int for c in counts)):
+            raise ValueError(f"{path}: 'num_samples' must be a list of integers")
         for i, user in enumerate(users):
             record = user_data.get(user)
             if not isinstance(record, dict) or "x" not in record or "y" not in record:
                 raise ValueError(f"{path}: user {user!r} has no x/y in 'user_data'")
             xs, ys = record["x"], record["y"]
+            if not isinstance(xs, list) or not isinstance(ys, list):
+                raise ValueError(f"{path}: user {user!r}: 'x' and 'y' must be lists of samples")
             if len(xs) != len(ys):
                 raise ValueError(f"{path}: user {user!r} has {len(xs)} x but {len(ys)} y")
             if counts is not None and i < len(counts) and counts[i] != len(xs):
