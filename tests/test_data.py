@@ -447,7 +447,7 @@ def test_cifar_lengths_declared_in_the_pickle_are_checked_before_allocating(tmp_
 @pytest.mark.parametrize("blob, hint", [
     ({"users": "u1", "user_data": {}}, "'users' must be a list"),
     ({"users": ["u1"], "num_samples": {"u1": 1}, "user_data": {"u1": {"x": [1], "y": [0]}}}, "'num_samples'"),
-    ({"users": ["u1"], "user_data": {"u1": {"x": 3, "y": [0]}}}, "'x' and 'y' must be lists"),
+    ({"users": ["u1"], "user_data": {"u1": {"x": 3, "y": [0]}}}, "user 'u1': 'x' and 'y' must be lists"),
 ])
 def test_leaf_files_of_the_wrong_shape_name_the_file(tmp_path, blob, hint):
     (tmp_path / "all_data.json").write_text(json.dumps(blob))
