@@ -437,6 +437,9 @@ class EngineConfig(_Section):
     timeout_s: float = Field(60.0, gt=0, description="processes/ray: how long a node waits for a round's "
                              "messages before going on without the missing neighbours")
     max_message_bytes: int = Field(1 << 30, ge=1024, description="larger incoming messages are rejected")
+    secure: bool = Field(True, description="processes/ray: authenticate and encrypt every socket with CURVE "
+                         "(libzmq), admit only the run's keys, and refuse a worker speaking for a node it does not "
+                         "host; false only for trusted benchmarks")
 
     @model_validator(mode="after")
     def _host_is_local(self) -> "EngineConfig":

@@ -26,6 +26,7 @@ from meshlearn import plugins
 from meshlearn.config import ConfigError
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.ray_actor import RayHandle, import_ray
+from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Keys, serve_securely
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.metrics import peak_rss_bytes
@@ -72,6 +73,13 @@ class ProcessesEngine:
         for k, block in enumerate(self.assignment):
             self.owner[block] = k
         self.whole_run = len(self.local) == total   # this launcher sees every node
+        # CURVE on every socket: a key pair per worker and one for the launcher, made for this run
+        # (hosts-file runs, whose workers start on other machines, do not share keys yet)
+        self.secure = cfg.engine.secure and hosts is None
+        self.keys = {k: Keys.new() for k in self.local} if self.secure else {}
+        self.launcher_keys = Keys.new() if self.secure else None
+        self.allow: AllowList | None = None
+        self.forged = 0   # control messages whose key is not the worker they name
         self.threads = cfg.engine.threads or max(1, (os.cpu_count() or 1) // len(self.local))
         self.evaluator = Evaluator(experiment)
         self.context = zmq.Context()
@@ -98,8 +106,12 @@ class ProcessesEngine:
         control_host = self._control_host()
         self.control = self.context.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
+        if self.secure:
+            self.allow = AllowList(self.context)
+            self.allow.allow({k: keys.public for k, keys in self.keys.items()})
+            serve_securely(self.control, self.launcher_keys)
         port = self.control.bind_to_random_port(f"tcp://{control_host}")
-        address = f"tcp://{control_host}:{port}"
+        self.control_address = address = f"tcp://{control_host}:{port}"
         for k in self.local:
             self.handles[k] = self._spawn(address, k)
         self._handshake("hello", lambda k, msg: self._send(k, self._setup(k)))
@@ -111,7 +123,7 @@ class ProcessesEngine:
             keys.update(msg.get("keys") or {})
 
         self._handshake("ready", on_ready)
-        book = self.static_book or ready
+        self.book = book = self.static_book or ready   # each worker's data address
         start = {"kind": "start", "book": {str(k): v for k, v in book.items()}, "owner": self.owner.tolist(),
                  "down": sorted(self.failures), "keys": keys}
         for k in self._alive():
@@ -156,6 +168,8 @@ class ProcessesEngine:
             handle.finish(timeout=10 if finished else 3)
         if self.control is not None:
             self.control.close()
+        if self.allow is not None:
+            self.allow.stop()
         self.context.term()
         workers = [{"worker": k, "nodes": len(self.assignment[k]), **self.done.get(k, {})} for k in self.local]
         for row in workers:
@@ -163,6 +177,9 @@ class ProcessesEngine:
         launcher_rss = peak_rss_bytes()
         return {
             "placement": self.placement, "workers": workers, "failures": list(self.failures.values()),
+            "secure": self.secure, "control_messages_rejected": self.forged,
+            "connections_refused": (self.allow.denied if self.allow is not None else 0)
+            + sum(w.get("connections_refused", 0) for w in workers),
             "threads_per_worker": self.threads,
             "peak_rss_bytes": launcher_rss,
             "peak_rss_bytes_total": launcher_rss + sum(w.get("peak_rss_bytes", 0) for w in workers),
@@ -183,16 +200,18 @@ class ProcessesEngine:
         return self.experiment.config.engine.host
 
     def _spawn(self, address: str, k: int):
+        credentials = (self.keys[k], self.launcher_keys.public) if self.secure else None
         if self.placement == "ray":
-            return RayHandle(address, k)
-        return _ProcessHandle(address, k)
+            return RayHandle(address, k, credentials)
+        return _ProcessHandle(address, k, credentials)
 
     def _setup(self, k: int) -> dict[str, Any]:
         host, port = self.bind[k]
         return {"kind": "setup", "config": self.experiment.config.model_dump(mode="json"), "run_id": self.run_id,
                 "nodes": self.assignment[k], "threads": self.threads, "keep_models": self.keep_models,
                 "host": None if self.placement == "ray" else host, "port": port,
-                "import_paths": plugins.import_folders()}   # where the launcher found the plug-ins
+                "import_paths": plugins.import_folders(),   # where the launcher found the plug-ins
+                "public_keys": {str(w): keys.public.decode() for w, keys in self.keys.items()}}
 
     def _handshake(self, kind: str, on_message) -> None:
         """Wait until every live worker sent ``kind``, calling ``on_message`` for each."""
@@ -237,13 +256,20 @@ class ProcessesEngine:
         count = 0
         if self.control.poll(int(timeout_s * 1000)):
             while self.control.poll(0):
-                identity, *frames = self.control.recv_multipart()
+                parts = self.control.recv_multipart(copy=False)
+                identity, frames = parts[0].bytes, [part.bytes for part in parts[1:]]
                 try:
                     msg = unpack(frames[0])
                     k = int(msg["worker"])
                 except (ValueError, KeyError, TypeError, IndexError):
                     continue
                 if k not in self.handles:
+                    continue
+                if self.allow is not None and self.allow.peer_of(parts[1]) != k:
+                    self.forged += 1   # a worker's key speaking for another worker
+                    if self.forged <= 10 or self.forged % 100 == 0:
+                        print(f"meshlearn: refused a control message naming worker {k} from another key "
+                              f"({self.forged} so far)", file=sys.stderr)
                     continue
                 self.identity.setdefault(k, identity)
                 kind = msg["kind"]
@@ -324,10 +350,13 @@ class ProcessesEngine:
 class _ProcessHandle:
     """A worker as a subprocess of this machine."""
 
-    def __init__(self, address: str, k: int):
+    def __init__(self, address: str, k: int, credentials: tuple[Keys, bytes] | None = None):
+        env = dict(os.environ)   # keys travel in the environment, not on the command line
+        if credentials is not None:
+            env[CREDENTIALS_ENV] = credentials[0].to_text(credentials[1])
         self.proc = subprocess.Popen([sys.executable, "-m", "meshlearn.engines.worker",
                                       "--control", address, "--index", str(k),
-                                      "--parent", str(os.getpid())])
+                                      "--parent", str(os.getpid())], env=env)
 
     def exit_code(self) -> int | None:
         return self.proc.poll()

@@ -14,12 +14,13 @@ __all__ = ["RayHandle", "import_ray"]
 class RayHandle:
     """A worker as a Ray actor, placed by Ray on any machine of the cluster."""
 
-    def __init__(self, address: str, k: int):
+    def __init__(self, address: str, k: int, credentials=None):
         import ray
 
         self.ray = ray
         self.actor = _worker_class().options(num_cpus=1, name=None).remote()
-        self.ref = self.actor.serve.remote(address, k)
+        secret = None if credentials is None else credentials[0].to_text(credentials[1])
+        self.ref = self.actor.serve.remote(address, k, secret)
 
     def exit_code(self) -> int | None:
         ready, _ = self.ray.wait([self.ref], timeout=0)
@@ -59,10 +60,12 @@ def _worker_class():
 
         @ray.remote
         class RayWorker:
-            def serve(self, control: str, index: int) -> int:
+            def serve(self, control: str, index: int, credentials: str | None = None) -> int:
+                from meshlearn.engines.security import Keys
                 from meshlearn.engines.worker import serve
 
-                return serve(control, index, host=ray.util.get_node_ip_address())
+                return serve(control, index, host=ray.util.get_node_ip_address(),
+                             credentials=Keys.from_text(credentials) if credentials else None)
 
         _RAY_WORKER = RayWorker
     return _RAY_WORKER

@@ -5,6 +5,8 @@ included: messages between nodes of the same process also cross the transport, s
 bytes and delays are real). Messages are ``wire`` frames; tensor frames are sent without
 copying. With network emulation on, a sender thread holds every message until its link
 delay has passed (ZeroMQ sockets are single-threaded, so then all sends go through it).
+With ``keys`` every socket is CURVE-authenticated and encrypted (``security``): the data
+socket admits the run's workers only, and ``recv`` says which worker a message came from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Sequence
 
 import zmq
 
+from meshlearn.engines.security import AllowList, Keys, connect_securely, serve_securely
+
 __all__ = ["Transport"]
 
 Frames = Sequence[bytes | memoryview]
@@ -27,10 +31,13 @@ class Transport:
     """One worker's sockets: ``send(worker, frames, delay_s)`` and ``recv(timeout_s)``."""
 
     def __init__(self, host: str, port: int = 0, *, max_bytes: int = 1 << 30, delayed: bool = False,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, keys: Keys | None = None, allow: AllowList | None = None):
         self.context = context or zmq.Context()
         self._own_context = context is None
+        self.keys, self.allow = keys, allow   # CURVE: this worker's key pair, and its process's allow-list
         self.pull = self.context.socket(zmq.PULL)
+        if keys is not None:
+            serve_securely(self.pull, keys)
         self.pull.setsockopt(zmq.RCVHWM, 0)           # rounds are synchronous: memory is bounded by them
         self.pull.setsockopt(zmq.MAXMSGSIZE, max_bytes)  # larger frames cannot be valid messages
         if port:
@@ -45,12 +52,15 @@ class Transport:
         self._queue: queue.Queue = queue.Queue()
         self._sender: threading.Thread | None = None
 
-    def connect(self, book: dict[int, str]) -> None:
-        """Open a PUSH socket to every worker's address (including our own)."""
+    def connect(self, book: dict[int, str], public_keys: dict[int, bytes] | None = None) -> None:
+        """Open a PUSH socket to every worker's address (including our own); with CURVE, as a
+        client of each worker's public key."""
         for worker, address in book.items():
             sock = self.context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.LINGER, 30_000)   # flush what is queued when closing
+            if self.keys is not None:
+                connect_securely(sock, self.keys, public_keys[worker])
             sock.connect(address)
             self.push[worker] = sock
         if self._delayed:
@@ -68,10 +78,13 @@ class Transport:
         """Stop sending to a worker that is known to be gone."""
         self.closed_peers.add(worker)
 
-    def recv(self, timeout_s: float) -> list[memoryview] | None:
-        """The next message's frames (views of ZeroMQ's buffers, no copy), or None after ``timeout_s``."""
+    def recv(self, timeout_s: float) -> tuple[list[memoryview], int | None] | None:
+        """The next message's frames (views of ZeroMQ's buffers, no copy) and the worker that sent
+        it (CURVE; None without), or None after ``timeout_s``."""
         if self.pull.poll(max(0, int(timeout_s * 1000))):
-            return [frame.buffer for frame in self.pull.recv_multipart(copy=False)]
+            frames = self.pull.recv_multipart(copy=False)
+            peer = self.allow.peer_of(frames[0]) if self.allow is not None else None
+            return [frame.buffer for frame in frames], peer
         return None
 
     def close(self, flush: bool = True) -> None:

@@ -31,6 +31,7 @@ from meshlearn.byzantine.adversary import received_view
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
+from meshlearn.engines.security import AllowList, Keys, connect_securely
 from meshlearn.engines.links import GraphLinks, LinkCache, message_meta
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
@@ -281,9 +282,9 @@ class Worker(NodeHost):
             self._poll_control()
             if self.down:
                 expected = self._expected(links, receivers)
-            frames = self.transport.recv(min(remaining, 0.05))
-            if frames is not None:
-                self._accept(frames)
+            received = self.transport.recv(min(remaining, 0.05))
+            if received is not None:
+                self._accept(*received)
         if not final:
             self.times["wait_time_s"] += time.perf_counter() - t0
             return self.arrived, self.models
@@ -297,14 +298,22 @@ class Worker(NodeHost):
         return self.arrived, self.models
 
     def _reject(self, reason: str) -> None:
-        log.warning("worker %d: rejected a message: %s", self.index, reason)
         self.rejected += 1
+        if self.rejected <= 50 or self.rejected % 100 == 0:   # a flood of bad messages does not flood the log
+            log.warning("worker %d: rejected a message (%d so far): %s", self.index, self.rejected, reason)
 
-    def _accept(self, frames: list) -> None:
+    def _accept(self, frames: list, peer: int | None = None) -> None:
         """Decode one message: file it if it belongs to the current exchange, keep it for
-        later if it is early (checked against its own exchange's graph then), log bad ones."""
+        later if it is early (checked against its own exchange's graph then), log bad ones.
+        ``peer`` is the worker whose key the message came in on (CURVE): it may speak only
+        for the nodes it hosts."""
         try:
             msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
+            if not 0 <= msg.src < len(self.owner):
+                raise wire.MessageError(f"sender {msg.src} is not a node of this run")
+            if peer is not None and int(self.owner[msg.src]) != peer:
+                raise wire.MessageError(f"worker {peer} spoke for node {msg.src}, which worker "
+                                        f"{int(self.owner[msg.src])} hosts")
             dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
             if type(dst) is not int or dst not in self.row_of:
                 raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
@@ -435,15 +444,22 @@ class Worker(NodeHost):
                 self.control.send_multipart(self.report(rnd, loss, elapsed, send_models and rnd == rounds))
 
 
-def serve(control_address: str, index: int, host: str | None = None) -> int:
-    """A worker's whole life: handshake with the launcher, build, run the rounds, report."""
+def serve(control_address: str, index: int, host: str | None = None,
+          credentials: tuple[Keys, bytes] | None = None) -> int:
+    """A worker's whole life: handshake with the launcher, build, run the rounds, report.
+    ``credentials`` (this worker's CURVE keys and the launcher's public key; by default from the
+    environment, as a launcher hands them to its worker processes) secure every socket."""
     from meshlearn.config import ConfigError, parse_config
     from meshlearn.engines.transport import Transport
     from meshlearn.experiment import Experiment
 
+    credentials = credentials or Keys.from_env()
     context = zmq.Context()
+    allow = AllowList(context) if credentials else None
     control = context.socket(zmq.DEALER)
     control.setsockopt(zmq.LINGER, 10_000)
+    if credentials:
+        connect_securely(control, *credentials)
     control.connect(control_address)
     transport = None
     try:
@@ -453,15 +469,18 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         plugins.add_import_paths(setup.get("import_paths", []))
         cfg = parse_config(setup["config"], check_files=False)
         experiment = Experiment.build(cfg)
+        public_keys = {int(k): key.encode() for k, key in setup.get("public_keys", {}).items()}
+        if allow is not None:
+            allow.allow(public_keys)   # the run's workers, before any of them can connect
         transport = Transport(host or setup["host"], setup.get("port") or 0,
                               max_bytes=cfg.engine.max_message_bytes, delayed=cfg.network.enabled,
-                              context=context)
+                              context=context, keys=credentials[0] if credentials else None, allow=allow)
         worker = Worker(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
         sharing = worker.algorithm.sharing
         control.send(pack({"kind": "ready", "worker": index, "address": transport.address,
                            "keys": sharing.public_keys()}))
         start = _wait_for(control, "start")
-        transport.connect({int(k): v for k, v in start["book"].items()})
+        transport.connect({int(k): v for k, v in start["book"].items()}, public_keys)
         worker.owner = np.asarray(start["owner"], dtype=np.int64)
         worker.down.update(int(w) for w in start.get("down", []))
         sharing.add_public_keys(start.get("keys", {}))
@@ -471,6 +490,7 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
                            "peak_rss_bytes": peak_rss_bytes(), "nodes": len(worker.local_ids),
                            "message_bytes": worker.message_bytes,
                            "messages_rejected": worker.rejected, "send_failures": transport.send_failures,
+                           "connections_refused": allow.denied if allow is not None else 0,
                            **worker.times}))
         return 0
     except KeyboardInterrupt:   # stopped (or orphaned): the run is over, nothing queued is still awaited
@@ -488,6 +508,8 @@ def serve(control_address: str, index: int, host: str | None = None) -> int:
         if transport is not None:
             transport.close()
         control.close()
+        if allow is not None:
+            allow.stop()
         context.term()
 
 
