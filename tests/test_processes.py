@@ -245,8 +245,9 @@ def test_multi_machine_run_merges_to_the_sim_result(tmp_path):
     hosts.write_text(f'base_port = {port0}\n\n[[machines]]\nid = 0\naddress = "127.0.0.1"\nworkers = 1\n\n'
                      f'[[machines]]\nid = 1\naddress = "127.0.0.1"\nworkers = 2\nport = {port1}\n')
     outs = [tmp_path / f"m{k}" for k in (0, 1)]
+    assert main(["keys", str(hosts), "--out", str(tmp_path / "keys")]) == 0   # machine keys: CURVE between machines
     procs = [subprocess.Popen(cli("node", str(config), "--hosts", str(hosts), "--machine-id", str(k),
-                                  "--out", str(outs[k]), "--no-progress"),
+                                  "--out", str(outs[k]), "--no-progress", "--keys", str(tmp_path / "keys")),
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k in (0, 1)]
     try:
@@ -281,6 +282,7 @@ def test_multi_machine_run_merges_to_the_sim_result(tmp_path):
         assert a["bytes_sent"] == b["bytes_sent"] and abs(a["test_acc"] - b["test_acc"]) <= 1e-6
     summary = json.loads((merged / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
+    assert all(s["secure"] for s in summaries)
     assert len(summary["workers"]) == 3 and summary["failures"] == []
     assert summary["bytes_sent_per_node"] == json.loads((sim_out / "summary.json").read_text())["bytes_sent_per_node"]
 

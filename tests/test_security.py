@@ -97,3 +97,43 @@ def test_without_security_an_outsider_takes_over_a_node():
         engine.close()
         context.destroy(linger=0)
     assert torch.isnan(engine.params[dst]).all()
+
+
+def test_machine_keys_stay_on_their_machine_and_are_never_replaced(tmp_path):
+    import os
+
+    import pytest
+
+    from meshlearn.engines.security import read_machine_keys, write_machine_keys
+
+    written = write_machine_keys([0, 1], tmp_path / "keys")
+    assert [p.name for p in written] == ["public.json", "machine-0.secret", "machine-1.secret"]
+    assert all(os.stat(p).st_mode & 0o777 == 0o600 for p in written[1:])   # secrets: owner only
+    with pytest.raises(FileExistsError, match="not replaced"):
+        write_machine_keys([0, 1], tmp_path / "keys")
+    one = tmp_path / "machine1"   # what machine 1 holds: the public keys and its own secret
+    one.mkdir()
+    for name in ("public.json", "machine-1.secret"):
+        (one / name).write_bytes((tmp_path / "keys" / name).read_bytes())
+    own, publics = read_machine_keys(one, [0, 1], 1)
+    assert publics[1] == own.public and publics[0] != own.public
+    with pytest.raises(ValueError, match="machine-0.secret not found"):
+        read_machine_keys(one, [0, 1], 0)
+    with pytest.raises(ValueError, match="no key for machines \\[2\\]"):
+        read_machine_keys(one, [0, 1, 2], 1)
+    (one / "machine-1.secret").write_bytes((tmp_path / "keys" / "machine-0.secret").read_bytes())
+    with pytest.raises(ValueError, match="does not belong"):
+        read_machine_keys(one, [0, 1], 1)
+
+
+def test_a_multi_machine_run_without_keys_is_refused_unless_security_is_off():
+    import pytest
+
+    from meshlearn.config import ConfigError
+    from meshlearn.engines.hosts import Hosts
+
+    hosts = Hosts.model_validate({"machines": [{"id": 0, "address": "127.0.0.1"}, {"id": 1, "address": "127.0.0.1"}]})
+    with pytest.raises(ConfigError, match="meshlearn keys HOSTS"):
+        ProcessesEngine(Experiment.build(small_config()), RUN_ID, hosts=hosts, machine_id=0)
+    engine = ProcessesEngine(Experiment.build(small_config(engine__secure=False)), RUN_ID, hosts=hosts, machine_id=0)
+    assert engine.secure is False

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from meshlearn import __version__
-from meshlearn.commands import describe, merge, node, plot, run, topology
+from meshlearn.commands import describe, keys, merge, node, plot, run, topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         "modules a config can name.")
     parser.add_argument("--version", action="version", version=f"meshlearn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, node, merge, plot, topology, describe):
+    for command in (run, node, keys, merge, plot, topology, describe):
         command.add_parser(subparsers)
     return parser
 

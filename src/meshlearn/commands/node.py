@@ -17,6 +17,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("config", help="experiment TOML file (identical on every machine)")
     parser.add_argument("--hosts", required=True, help="hosts TOML file: base_port and [[machines]] id/address/workers")
     parser.add_argument("--machine-id", type=int, required=True, help="this machine's id in the hosts file")
+    parser.add_argument("--keys", help="folder with public.json and this machine's machine-<id>.secret, from "
+                                       "'meshlearn keys' (needed unless engine.secure = false)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path, TOML value), repeatable")
     parser.add_argument("--out", help="run directory for this machine's nodes (default: runs/<name>-machine<K>)")
@@ -47,4 +49,4 @@ def node_command(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(json.dumps(cfg.to_toml_dict(), sort_keys=True).encode() + hosts.digest().encode())
     out = Path(args.out or f"runs/{cfg.name}-machine{args.machine_id}")
     return execute(cfg, out, no_progress=args.no_progress, overwrite=args.overwrite, hosts=hosts,
-                   machine_id=args.machine_id, run_id=digest.hexdigest()[:12])
+                   machine_id=args.machine_id, run_id=digest.hexdigest()[:12], keys=args.keys)

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from meshlearn import plugins
 from meshlearn.config import ConfigError
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.ray_actor import RayHandle, import_ray
-from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Keys, serve_securely
+from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Credentials, Keys, read_machine_keys, serve_securely
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
 from meshlearn.metrics import peak_rss_bytes
@@ -42,7 +43,7 @@ class ProcessesEngine:
 
     def __init__(self, experiment, run_id: str, placement: str = "processes", workers: int | None = None,
                  hosts: Hosts | None = None, machine_id: int | None = None, keep_models: bool = False,
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, keys: str | os.PathLike | None = None):
         cfg = experiment.config
         self.experiment, self.run_id, self.placement = experiment, run_id, placement
         self.name = placement
@@ -73,11 +74,27 @@ class ProcessesEngine:
         for k, block in enumerate(self.assignment):
             self.owner[block] = k
         self.whole_run = len(self.local) == total   # this launcher sees every node
-        # CURVE on every socket: a key pair per worker and one for the launcher, made for this run
-        # (hosts-file runs, whose workers start on other machines, do not share keys yet)
-        self.secure = cfg.engine.secure and hosts is None
+        # CURVE on every socket. The control channel: a key pair per local worker and one for the
+        # launcher, made for this run. Data sockets: on one machine the workers' own pairs; on
+        # several, every worker of a machine uses the machine's pair from `meshlearn keys`.
+        self.secure = cfg.engine.secure
         self.keys = {k: Keys.new() for k in self.local} if self.secure else {}
         self.launcher_keys = Keys.new() if self.secure else None
+        self.data_keys, self.peers, self.peer_keys = self.keys, list(range(total)), \
+            {k: pair.public for k, pair in self.keys.items()}
+        if self.secure and hosts is not None:
+            if keys is None:
+                raise ConfigError("a multi-machine run authenticates its machines: create their keys with "
+                                  "'meshlearn keys HOSTS --out DIR', copy DIR/public.json to every machine and "
+                                  "DIR/machine-<id>.secret to that machine only, and pass --keys DIR (or set "
+                                  "engine.secure = false on a network you trust)")
+            ids = [m.id for m in hosts.machines]
+            try:
+                own, self.peer_keys = read_machine_keys(Path(keys), ids, machine_id)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self.data_keys = {k: own for k in self.local}
+            self.peers = [m.id for m in hosts.machines for _ in range(m.workers)]
         self.allow: AllowList | None = None
         self.forged = 0   # control messages whose key is not the worker they name
         self.threads = cfg.engine.threads or max(1, (os.cpu_count() or 1) // len(self.local))
@@ -200,7 +217,7 @@ class ProcessesEngine:
         return self.experiment.config.engine.host
 
     def _spawn(self, address: str, k: int):
-        credentials = (self.keys[k], self.launcher_keys.public) if self.secure else None
+        credentials = Credentials(self.keys[k], self.launcher_keys.public, self.data_keys[k]) if self.secure else None
         if self.placement == "ray":
             return RayHandle(address, k, credentials)
         return _ProcessHandle(address, k, credentials)
@@ -211,7 +228,8 @@ class ProcessesEngine:
                 "nodes": self.assignment[k], "threads": self.threads, "keep_models": self.keep_models,
                 "host": None if self.placement == "ray" else host, "port": port,
                 "import_paths": plugins.import_folders(),   # where the launcher found the plug-ins
-                "public_keys": {str(w): keys.public.decode() for w, keys in self.keys.items()}}
+                "peers": self.peers, "peer_kind": "worker" if self.static_book is None else "machine",
+                "peer_keys": {str(p): key.decode() for p, key in self.peer_keys.items()} if self.secure else {}}
 
     def _handshake(self, kind: str, on_message) -> None:
         """Wait until every live worker sent ``kind``, calling ``on_message`` for each."""
@@ -350,10 +368,10 @@ class ProcessesEngine:
 class _ProcessHandle:
     """A worker as a subprocess of this machine."""
 
-    def __init__(self, address: str, k: int, credentials: tuple[Keys, bytes] | None = None):
+    def __init__(self, address: str, k: int, credentials: Credentials | None = None):
         env = dict(os.environ)   # keys travel in the environment, not on the command line
         if credentials is not None:
-            env[CREDENTIALS_ENV] = credentials[0].to_text(credentials[1])
+            env[CREDENTIALS_ENV] = credentials.to_text()
         self.proc = subprocess.Popen([sys.executable, "-m", "meshlearn.engines.worker",
                                       "--control", address, "--index", str(k),
                                       "--parent", str(os.getpid())], env=env)

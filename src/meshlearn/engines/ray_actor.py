@@ -19,7 +19,7 @@ class RayHandle:
 
         self.ray = ray
         self.actor = _worker_class().options(num_cpus=1, name=None).remote()
-        secret = None if credentials is None else credentials[0].to_text(credentials[1])
+        secret = None if credentials is None else credentials.to_text()
         self.ref = self.actor.serve.remote(address, k, secret)
 
     def exit_code(self) -> int | None:
@@ -61,11 +61,11 @@ def _worker_class():
         @ray.remote
         class RayWorker:
             def serve(self, control: str, index: int, credentials: str | None = None) -> int:
-                from meshlearn.engines.security import Keys
+                from meshlearn.engines.security import Credentials
                 from meshlearn.engines.worker import serve
 
                 return serve(control, index, host=ray.util.get_node_ip_address(),
-                             credentials=Keys.from_text(credentials) if credentials else None)
+                             credentials=Credentials.from_text(credentials) if credentials else None)
 
         _RAY_WORKER = RayWorker
     return _RAY_WORKER

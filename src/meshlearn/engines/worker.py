@@ -31,7 +31,7 @@ from meshlearn.byzantine.adversary import received_view
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
-from meshlearn.engines.security import AllowList, Keys, connect_securely
+from meshlearn.engines.security import AllowList, Credentials, connect_securely
 from meshlearn.engines.links import GraphLinks, LinkCache, message_meta
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
@@ -137,6 +137,8 @@ class Worker(NodeHost):
         self.spec: dict | None = None                    # names -> (dtype, shape) of a payload row
         self.per_link = False                            # the current exchange sends a message per link
         self.rejected = 0                                # invalid messages received
+        self.peer_of_worker: np.ndarray | None = None    # CURVE: the peer (key) each worker sends as
+        self.peer_kind = "worker"
         self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
 
     def neighbours(self, node: int, rnd: int = 1) -> np.ndarray:
@@ -311,9 +313,9 @@ class Worker(NodeHost):
             msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
             if not 0 <= msg.src < len(self.owner):
                 raise wire.MessageError(f"sender {msg.src} is not a node of this run")
-            if peer is not None and int(self.owner[msg.src]) != peer:
-                raise wire.MessageError(f"worker {peer} spoke for node {msg.src}, which worker "
-                                        f"{int(self.owner[msg.src])} hosts")
+            if peer is not None and int(self.peer_of_worker[self.owner[msg.src]]) != peer:
+                raise wire.MessageError(f"the key of {self.peer_kind} {peer} spoke for node {msg.src}, which "
+                                        f"worker {int(self.owner[msg.src])} hosts")
             dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
             if type(dst) is not int or dst not in self.row_of:
                 raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
@@ -445,21 +447,21 @@ class Worker(NodeHost):
 
 
 def serve(control_address: str, index: int, host: str | None = None,
-          credentials: tuple[Keys, bytes] | None = None) -> int:
+          credentials: Credentials | None = None) -> int:
     """A worker's whole life: handshake with the launcher, build, run the rounds, report.
-    ``credentials`` (this worker's CURVE keys and the launcher's public key; by default from the
-    environment, as a launcher hands them to its worker processes) secure every socket."""
+    ``credentials`` (by default from the environment, as a launcher hands them to its worker
+    processes) secure every socket with CURVE."""
     from meshlearn.config import ConfigError, parse_config
     from meshlearn.engines.transport import Transport
     from meshlearn.experiment import Experiment
 
-    credentials = credentials or Keys.from_env()
+    credentials = credentials or Credentials.from_env()
     context = zmq.Context()
     allow = AllowList(context) if credentials else None
     control = context.socket(zmq.DEALER)
     control.setsockopt(zmq.LINGER, 10_000)
     if credentials:
-        connect_securely(control, *credentials)
+        connect_securely(control, credentials.control, credentials.launcher)
     control.connect(control_address)
     transport = None
     try:
@@ -469,18 +471,22 @@ def serve(control_address: str, index: int, host: str | None = None,
         plugins.add_import_paths(setup.get("import_paths", []))
         cfg = parse_config(setup["config"], check_files=False)
         experiment = Experiment.build(cfg)
-        public_keys = {int(k): key.encode() for k, key in setup.get("public_keys", {}).items()}
+        peers = setup.get("peers") or []   # worker -> the peer its data key names (itself, or its machine)
+        peer_keys = {int(k): key.encode() for k, key in setup.get("peer_keys", {}).items()}
         if allow is not None:
-            allow.allow(public_keys)   # the run's workers, before any of them can connect
+            allow.allow(peer_keys)   # the run's keys, before any other worker can connect
         transport = Transport(host or setup["host"], setup.get("port") or 0,
                               max_bytes=cfg.engine.max_message_bytes, delayed=cfg.network.enabled,
-                              context=context, keys=credentials[0] if credentials else None, allow=allow)
+                              context=context, keys=credentials.data if credentials else None, allow=allow)
         worker = Worker(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
+        worker.peer_of_worker = np.asarray(peers, dtype=np.int64) if credentials else None
+        worker.peer_kind = setup.get("peer_kind", "worker")
         sharing = worker.algorithm.sharing
         control.send(pack({"kind": "ready", "worker": index, "address": transport.address,
                            "keys": sharing.public_keys()}))
         start = _wait_for(control, "start")
-        transport.connect({int(k): v for k, v in start["book"].items()}, public_keys)
+        transport.connect({int(k): v for k, v in start["book"].items()},
+                          {w: peer_keys[int(peer)] for w, peer in enumerate(peers)} if credentials else None)
         worker.owner = np.asarray(start["owner"], dtype=np.int64)
         worker.down.update(int(w) for w in start.get("down", []))
         sharing.add_public_keys(start.get("keys", {}))
