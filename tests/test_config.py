@@ -202,3 +202,11 @@ def test_a_batch_larger_than_the_data_is_refused_before_allocating():
     cfg = parse_config({"data": {"dataset": "digits"}, "training": {"batch_size": 10**9}})
     with pytest.raises(ConfigError, match=r"training\.batch_size = 1000000000 exceeds the 1437 training samples"):
         Experiment.build(cfg)
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_allocating():
+    """A trillion parameters per node: counted on the meta device, never allocated."""
+    cfg = parse_config({"nodes": 8, "data": {"dataset": "digits"},
+                        "model": {"name": "mlp", "options": {"hidden": [1_000_000, 1_000_000]}}})
+    with pytest.raises(ConfigError, match=r"1,000,076,000,010 parameters: 8 nodes need about .* GiB .* fewer nodes"):
+        Experiment.build(cfg)

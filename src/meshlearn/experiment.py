@@ -9,6 +9,7 @@ raised here as ``ConfigError``, before any training.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -209,6 +210,7 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
 def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Module, ParamLayout]:
     """Build the model and try it on two samples, so a model that does not fit the data
     (wrong options, images into an LSTM...) fails before any training."""
+    _check_model_fits_memory(cfg, dataset)
     with torch.random.fork_rng():   # seeded weights, and the caller's global generator left as it was
         torch.manual_seed(streams.seed_of(cfg.seed, Stream.INITIAL_MODEL))
         try:
@@ -224,3 +226,21 @@ def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Modul
         raise ConfigError(f"model.name = {cfg.model.name!r} outputs shape {tuple(out.shape[1:])} per sample but "
                           f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} classes")
     return model, layout
+
+
+def _check_model_fits_memory(cfg: ExperimentConfig, dataset: data.Dataset) -> None:
+    """Refuse a model whose nodes' parameters alone (each node's row and one working copy, float32)
+    exceed this machine's memory, counted on the meta device before any weight is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+        size = sum(p.numel() for p in probe.parameters())
+    except Exception:   # a model that cannot be built on the meta device is checked by the real build
+        return
+    need = 2 * 4 * size * cfg.nodes
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > memory:
+        raise ConfigError(f"model.name = {cfg.model.name!r} with model.options = {cfg.model.options} has {size:,} "
+                          f"parameters: {cfg.nodes} nodes need about {need / 2**30:.1f} GiB for their parameters "
+                          f"alone, more than this machine's {memory / 2**30:.1f} GiB; use a smaller model or "
+                          "fewer nodes")
