@@ -23,24 +23,24 @@ import tempfile
 from sim_scaling import config as scaling_config   # the same workload as the sim scaling benchmark
 
 
-def config(model: str, nodes: int, rounds: int, engine: str, workers: int) -> dict:
+def config(model: str, nodes: int, rounds: int, engine: str, workers: int, secure: bool = True) -> dict:
     cfg = scaling_config(model, nodes)
     cfg["data"]["options"]["test_samples"] = 200
     return {
         **cfg, "name": f"emulation-{model}-{nodes}-{engine}", "rounds": rounds,
         # evaluate every round (2 nodes, 200 samples) so every round's wall time is recorded
         "evaluation": {"every": 1, "nodes": 2, "test_samples": 200, "average_model": False},
-        "engine": {"name": engine, "workers": workers, "timeout_s": 120},
+        "engine": {"name": engine, "workers": workers, "timeout_s": 120, "secure": secure},
     }
 
 
-def measure(model: str, nodes: int, rounds: int, engine: str, workers: int) -> dict:
+def measure(model: str, nodes: int, rounds: int, engine: str, workers: int, secure: bool = True) -> dict:
     """Run one config in this process and return its figures (called in a subprocess)."""
     from meshlearn.config import parse_config
     from meshlearn.results import read_jsonl
     from meshlearn.runner import run_experiment
 
-    cfg = parse_config(config(model, nodes, rounds, engine, workers))
+    cfg = parse_config(config(model, nodes, rounds, engine, workers, secure))
     with tempfile.TemporaryDirectory() as out:
         summary = run_experiment(cfg, out)
         walls = [r["wall_time_s"] for r in read_jsonl(f"{out}/rounds.jsonl")]
@@ -50,8 +50,8 @@ def measure(model: str, nodes: int, rounds: int, engine: str, workers: int) -> d
             "bytes_per_node": summary["bytes_sent_per_node"], "parameters": summary["parameters"]}
 
 
-def run_one(model: str, nodes: int, rounds: int, engine: str, workers: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", json.dumps([model, nodes, rounds, engine, workers])]
+def run_one(model: str, nodes: int, rounds: int, engine: str, workers: int, secure: bool = True) -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps([model, nodes, rounds, engine, workers, secure])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
