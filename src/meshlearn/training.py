@@ -380,16 +380,17 @@ class LocalTrainer:
         how = self._how
         frozen = how.frozen
         if frozen is not None:
-            saved = {name: t.index_select(1, frozen) for name, t in [("", params), *state.items()]
-                     if t.dim() == 2 and t.shape == params.shape}
+            kept = params.index_select(1, frozen)
+            kept_state = {key: t.index_select(1, frozen) for key, t in state.items() if t.shape == params.shape}
         self.optimizer.step(params, grads, state, active)
         if how.mu:
             shrink = self.optimizer.lr * how.mu
             pulled = (params + shrink * anchor) / (1 + shrink)
             params.copy_(pulled if active is None else torch.where(active[:, None], pulled, params))
         if frozen is not None:
-            for name, values in saved.items():
-                (state[name] if name else params).index_copy_(1, frozen, values)
+            params.index_copy_(1, frozen, kept)
+            for key, values in kept_state.items():
+                state[key].index_copy_(1, frozen, values)
 
 
 @dataclass(frozen=True)
