@@ -47,7 +47,7 @@ class PENS(Algorithm):
                  selected: Annotated[int, Field(ge=1, description="received models a node averages with per round "
                                                 "(PENS's m); it should be below the in-degree")] = 4,
                  probe: Annotated[int, Field(ge=1, le=65536, description="own training samples a node scores "
-                                             "received models on (fewer if it has fewer)")] = 128):
+                                             "received models on (a node with fewer repeats its own)")] = 128):
         super().__init__(sharing)
         self.selected, self.probe = selected, probe
 
