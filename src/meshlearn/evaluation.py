@@ -67,7 +67,7 @@ class Evaluator:
         evaluation = Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y))
         if self.cfg.local_test > 0 and self.server_only:
             # the server's model is every client's: score it on each client's own data
-            clients = np.arange(1 if len(rows) else 0, self.experiment.num_nodes if len(rows) else 0, dtype=np.int64)
+            clients = np.arange(1, self.experiment.num_nodes) if len(rows) else np.empty(0, dtype=np.int64)
             evaluation.local_nodes = clients
             evaluation.local_acc, evaluation.local_loss = self.own(clients, params[rows].expand(len(clients), -1))
         elif self.cfg.local_test > 0:

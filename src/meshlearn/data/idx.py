@@ -81,21 +81,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             if expected > MAX_IDX_BYTES:
                 raise ValueError(f"{path}: the header declares shape {shape} ({expected} bytes), more than the "
                                  f"{MAX_IDX_BYTES} bytes an IDX file may hold here")
-            if not gzipped and expected != path.stat().st_size - 4 - 4 * ndim:
-                actual = path.stat().st_size - 4 - 4 * ndim
-                kind = "truncated" if actual < expected else "has trailing bytes"
-                raise ValueError(f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), "
-                                 f"found {actual} bytes")
+            if not gzipped and (actual := path.stat().st_size - 4 - 4 * ndim) != expected:
+                raise _size_mismatch(path, shape, expected, actual)
             raw = f.read(expected + 1)   # one byte more tells trailing data, without reading it all
     except (OSError, EOFError, zlib.error) as exc:
         if not gzipped:
             raise
         raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
-    if len(raw) != expected:
-        found = f"found {len(raw)} bytes" if len(raw) < expected else "found more"
-        kind = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ValueError(f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), {found}")
+    if len(raw) != expected:   # a gzipped file: read no further than one byte past the declared size
+        raise _size_mismatch(path, shape, expected, len(raw) if len(raw) < expected else None)
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _size_mismatch(path: Path, shape: tuple[int, ...], expected: int, found: int | None) -> ValueError:
+    """A file holding another number of data bytes than its header declares (``found`` None: more,
+    not all read)."""
+    kind = "truncated" if found is not None and found < expected else "has trailing bytes"
+    holds = "more" if found is None else f"{found} bytes"
+    return ValueError(f"{path}: IDX file {kind}: header says shape {shape} ({expected} bytes), found {holds}")
 
 
 def _search_dirs(name: str, root: str | None) -> list[Path]:

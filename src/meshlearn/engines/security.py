@@ -140,7 +140,7 @@ class AllowList:
 
     def allow(self, keys: dict[int, bytes]) -> None:
         """Admit these public keys, each as the peer it belongs to."""
-        self.owners.update({key.decode() if isinstance(key, bytes) else key: peer for peer, key in keys.items()})
+        self.owners.update({key.decode(): peer for peer, key in keys.items()})
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key.decode() in self.owners:

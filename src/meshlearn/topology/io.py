@@ -137,10 +137,6 @@ def read_adjacency_list(path: PathLike, nodes: int | None = None) -> nx.Graph:
         )
     G = _graph(n)
     for expected, (no, values) in enumerate(rows):
-        if expected >= n:
-            raise ValueError(
-                f"{name}:{no}: more rows than the {n} nodes the header declares"
-            )
         node, neighbours = values[0], values[1:]
         if node != expected:
             raise ValueError(
