@@ -1,10 +1,10 @@
 """Fuzzing the readers of untrusted input: every bad input must end in the reader's own error.
 
 Hypothesis generates inputs for each reader (configs as text and as tables, topology files,
-IDX files plain and gzipped, LEAF JSON, CIFAR-10 batches, and wire messages: random bytes and
-mutations of valid ones). An input passes when the reader accepts it or raises its documented
+IDX files plain and gzipped, LEAF JSON, CIFAR-10 batches, checkpoint files, and wire messages:
+random bytes and mutations of valid ones). An input passes when the reader accepts it or raises its documented
 error (``ConfigError`` for configs, ``ValueError`` naming the file for data and graph files,
-``MessageError`` for messages); any other exception is a crash, a traceback a user would see.
+``MessageError`` for messages, ``CheckpointError`` for checkpoints); any other exception is a crash, a traceback a user would see.
 Prints, per reader, the inputs tried, the crashes (with the first few), and the slowest input;
 then the process's peak memory.
 
@@ -29,7 +29,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshlearn import wire
+from meshlearn import checkpoint, wire
 from meshlearn.config import ExperimentConfig, ConfigError, load_config, parse_config
 from meshlearn.data import cifar, idx, leaf
 from meshlearn.topology import read_graph
@@ -204,8 +204,24 @@ def fuzz_wire(tally: Tally, n: int) -> None:
     case()
 
 
+VALID_CHECKPOINT = checkpoint.encode({"params": torch.ones(2, 3), "order": np.arange(4), "pos": {0: 2, 1: None},
+                                      "rng": {"state": 2**100}})
+
+
+def fuzz_checkpoint(tally: Tally, n: int) -> None:
+    edits = st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)), max_size=6)
+
+    @given(st.one_of(st.binary(max_size=200), st.builds(mutate, st.just(VALID_CHECKPOINT), edits,
+                                                        st.one_of(st.none(), st.integers(0, len(VALID_CHECKPOINT))))))
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def case(data: bytes) -> None:
+        tally.run(lambda: checkpoint.decode(data), (checkpoint.CheckpointError,), lambda: repr(data[:80]))
+
+    case()
+
+
 TARGETS = {"config_text": fuzz_config_text, "config_table": fuzz_config_table, "graph_file": fuzz_graph_file,
-           "idx": fuzz_idx, "leaf": fuzz_leaf, "cifar": fuzz_cifar, "wire": fuzz_wire}
+           "idx": fuzz_idx, "leaf": fuzz_leaf, "cifar": fuzz_cifar, "wire": fuzz_wire, "checkpoint": fuzz_checkpoint}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     args = parser.parse_args(argv)
     names = args.targets.split(",")
-    per_target = max(1, args.inputs // len(names))
+    per_target = max(1, -(-args.inputs // len(names)))   # rounded up: at least --inputs in all
     tallies = []
     t0 = time.perf_counter()
     for name in names:

@@ -424,6 +424,12 @@ class EvaluationConfig(_Section):
                                      "turns NaN or infinite; false: record the round and keep going")
 
 
+class CheckpointConfig(_Section):
+    every: int = Field(0, ge=0, description="checkpoint after every k-th round; 0 = by elapsed time (every_s)")
+    every_s: float = Field(300.0, gt=0, description="with every = 0: checkpoint after the first round that ends "
+                           "this many seconds after the last checkpoint")
+
+
 class EngineConfig(_Section):
     name: Literal["sim", "processes", "ray"] = Field("sim", description="sim (vectorized, one process), "
                                                      "processes (workers over ZeroMQ/TCP) or ray (workers as actors)")
@@ -502,6 +508,8 @@ class ExperimentConfig(_Section):
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="when a run saves the "
+                                         "state `meshlearn resume` continues from (also on Ctrl-C/SIGTERM in sim)")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)

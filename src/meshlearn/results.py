@@ -24,13 +24,14 @@ from typing import Any
 import psutil
 import tomli_w
 
-__all__ = ["RunWriter", "RunDirError", "claim_run_dir", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE"]
+__all__ = ["RunWriter", "RunDirError", "claim_run_dir", "read_jsonl", "read_models", "merge_runs", "MODELS_FILE",
+           "clean_json"]
 
 MODELS_FILE = "models.safetensors"
 LOCK_FILE = ".lock"
 # what a run writes (with the --log loggers' files): the files --overwrite removes
 RUN_FILES = ("config.toml", "rounds.jsonl", "nodes.jsonl", "nodes_final.json", "summary.json", MODELS_FILE,
-             "rounds.csv", "tensorboard", "wandb")
+             "rounds.csv", "tensorboard", "wandb", "checkpoint", "checkpoint.new", "checkpoint.old")
 
 
 class RunDirError(ValueError):
@@ -38,9 +39,10 @@ class RunDirError(ValueError):
 
 
 @contextmanager
-def claim_run_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def claim_run_dir(out_dir: str | Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
     """Hold ``out_dir`` for one run: take its lock, refuse (or with ``overwrite`` empty) a
-    directory that holds results already, and release the lock however the run ends."""
+    directory that holds results already unless the run in it ``resume``s, and release the
+    lock however the run ends."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,7 @@ def claim_run_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     _lock(lock)
     try:
         present = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
-        if present and not overwrite:
+        if present and not overwrite and not resume:
             listed = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
             raise RunDirError(f"{out} is not empty ({listed}): choose another output folder (--out), or pass "
                               "--overwrite (overwrite=True from Python) to replace the run in it")
@@ -95,25 +97,40 @@ def _lock_owner(lock: Path) -> int | None:
 
 
 class RunWriter:
-    def __init__(self, out_dir: str | Path, config: dict[str, Any]):
+    """Writes a run directory; ``after_round`` continues one (a resumed run): the records of
+    later rounds are dropped, the new ones appended."""
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], after_round: int | None = None):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.toml").write_text(tomli_w.dumps(config))
-        self._rounds = open(self.dir / "rounds.jsonl", "w")
-        self._nodes = open(self.dir / "nodes.jsonl", "w")
+        if after_round is not None:
+            for name in ("rounds.jsonl", "nodes.jsonl"):
+                self._keep_until(name, after_round)
+        mode = "w" if after_round is None else "a"
+        self._rounds = open(self.dir / "rounds.jsonl", mode)
+        self._nodes = open(self.dir / "nodes.jsonl", mode)
+
+    def _keep_until(self, name: str, last_round: int) -> None:
+        """Rewrite ``name`` (atomically) with only its records of rounds up to ``last_round``."""
+        path = self.dir / name
+        kept = [r for r in read_jsonl(path) if r.get("round", 0) <= last_round] if path.exists() else []
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, path)
 
     def write_round(self, record: dict[str, Any]) -> None:
         _append(self._rounds, record)
 
     def write_nodes(self, records: list[dict[str, Any]]) -> None:
         # one write per round, so an interrupted run never leaves half a round
-        self._nodes.write("".join(json.dumps(_clean(record)) + "\n" for record in records))
+        self._nodes.write("".join(json.dumps(clean_json(record)) + "\n" for record in records))
         self._nodes.flush()
 
     def write_json(self, name: str, obj: Any) -> None:
         """Atomically (re)write a JSON file in the run directory."""
         tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+        tmp.write_text(json.dumps(clean_json(obj), indent=2) + "\n")
         os.replace(tmp, self.dir / name)
 
     def write_models(self, layout, params) -> None:
@@ -171,16 +188,16 @@ def read_models(path: str | Path) -> dict:
 
 
 def _append(handle, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(_clean(record)) + "\n")
+    handle.write(json.dumps(clean_json(record)) + "\n")
     handle.flush()
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

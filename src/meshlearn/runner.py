@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -17,16 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from meshlearn import plugins
 from meshlearn.callbacks import Callback
-from meshlearn.config import ExperimentConfig
+from meshlearn.checkpoint import load_checkpoint, save_checkpoint
+from meshlearn.config import ExperimentConfig, parse_config
 from meshlearn.engines import build_engine
 from meshlearn.evaluation import RoundReport, round_record
 from meshlearn.experiment import Experiment
 from meshlearn.metrics import peak_rss_bytes
 from meshlearn.privacy.secagg import KEY_BYTES
-from meshlearn.results import RunWriter, claim_run_dir
+from meshlearn.results import RunDirError, RunWriter, claim_run_dir, clean_json
 
-__all__ = ["run_experiment", "RunInterrupted"]
+__all__ = ["run_experiment", "resume_run", "RunInterrupted"]
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -41,31 +45,58 @@ class RunInterrupted(KeyboardInterrupt):
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
                    on_round: Callable[[int, dict[str, Any] | None], None] | None = None, *,
-                   callbacks: Sequence[Callback] = (), overwrite: bool = False,
+                   callbacks: Sequence[Callback] = (), overwrite: bool = False, resume: bool = False,
                    **engine_options: Any) -> dict[str, Any]:
     """Run ``cfg`` and write its run directory; returns the summary.
 
     ``callbacks`` see the run start, every evaluation and round, and its end (see
     ``Callback``); ``on_round(rnd, record)`` is a shorthand for one ``on_round`` hook, e.g.
     to drive a progress bar. ``engine_options`` go to the engine (e.g. ``workers`` for
-    ``processes``). A directory that holds a run already is refused unless ``overwrite``.
+    ``processes``). A directory that holds a run already is refused unless ``overwrite``;
+    with ``resume`` the run in it continues from its latest checkpoint (``resume_run``).
     SIGTERM and SIGHUP stop the run like Ctrl-C (``RunInterrupted``, a ``KeyboardInterrupt``),
-    so its summary records how it ended. The caller's signal handlers, torch threads and
-    global random generators are left as they were, so a run inside a notebook or a larger
-    program changes nothing around it.
+    so its summary records how it ended; on the simulators the round in progress ends first
+    and the run checkpoints (a second signal stops it at once). The caller's signal handlers,
+    torch threads and global random generators are left as they were, so a run inside a
+    notebook or a larger program changes nothing around it.
     """
-    with _caller_state_kept(), _signals_interrupt():
+    stop = _StopRequest()
+    with _caller_state_kept(), _signals_interrupt(stop):
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
-        with claim_run_dir(out_dir, overwrite):
-            return _run(cfg, out_dir, on_round, list(callbacks), engine_options)
+        with claim_run_dir(out_dir, overwrite, resume=resume):
+            return _run(cfg, out_dir, on_round, list(callbacks), engine_options, stop, resume)
+
+
+def resume_run(run_dir: str | Path, on_round: Callable[[int, dict[str, Any] | None], None] | None = None, *,
+               callbacks: Sequence[Callback] = (), **engine_options: Any) -> dict[str, Any]:
+    """Continue the interrupted or killed run in ``run_dir`` from its latest checkpoint, with
+    the config and engine it was started with; returns the summary. Records of rounds after
+    the checkpoint are dropped and played again, so the run ends as it would have uninterrupted."""
+    return run_experiment(checkpointed_config(run_dir), run_dir, on_round, callbacks=callbacks, resume=True,
+                          **engine_options)
+
+
+def checkpointed_config(run_dir: str | Path) -> ExperimentConfig:
+    """The config of the run whose checkpoint is in ``run_dir`` (its plug-in folders importable)."""
+    run, _ = load_checkpoint(run_dir)
+    plugins.add_import_paths(run.get("import_paths", []))
+    return parse_config(run["config"])
+
+
+class _StopRequest:
+    """A stop signal that waits for the end of the round in progress while ``deferring``."""
+
+    deferring = False
+    signal: str | None = None
 
 
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Turn SIGINT, SIGTERM and SIGHUP into ``RunInterrupted`` while the run lasts, then put the
-    previous handlers back. Handlers can only be set from the main thread: elsewhere the
-    signals keep their handlers."""
+def _signals_interrupt(stop: _StopRequest) -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into ``RunInterrupted`` while the run lasts (or, while
+    ``stop.deferring``, note the first in ``stop`` for the run to act on after the round), then
+    put the previous handlers back. Handlers can only be set from the main thread: elsewhere
+    the signals keep their handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -73,9 +104,15 @@ def _signals_interrupt() -> Iterator[None]:
     fired: list[int] = []
 
     def interrupt(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.deferring and stop.signal is None:
+            stop.signal = name
+            print(f"meshlearn: {name}: ending the round in progress to save a checkpoint (send it again to stop "
+                  "now)", file=sys.stderr)
+            return
         if not fired:   # once: a second signal must not cut short the closing of the run
             fired.append(signum)
-            raise RunInterrupted(signal.Signals(signum).name)
+            raise RunInterrupted(name)
 
     names = [name for name in STOP_SIGNALS if hasattr(signal, name)]   # Windows has no SIGHUP
     previous = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
@@ -102,34 +139,50 @@ def _caller_state_kept() -> Iterator[None]:
 
 
 def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[Callback],
-         engine_options: dict[str, Any]) -> dict[str, Any]:
+         engine_options: dict[str, Any], stop: _StopRequest, resume: bool) -> dict[str, Any]:
     started = time.time()
+    saved = _resumable(out_dir) if resume else None
+    if saved is not None:   # the run as it was launched; options given now win
+        if saved[0]["config"] != cfg.model_dump(mode="json"):
+            raise RunDirError(f"the config differs from the one of the run in {out_dir}: resume it with its own "
+                              "(meshlearn resume, or meshlearn.runner.resume_run)")
+        engine_options = {**saved[0]["engine_options"], **engine_options, "run_id": saved[0]["run_id"]}
     experiment = Experiment.build(cfg)
     run_id = engine_options.pop("run_id", None) or uuid.uuid4().hex[:12]
     if cfg.engine.name != "sim" and "hosts" not in engine_options:
         engine_options.setdefault("keep_models", True)   # the final models come back to the launcher
     engine = build_engine(cfg.engine.name, experiment, run_id, **engine_options)
-    writer = RunWriter(out_dir, cfg.to_toml_dict())
+    first = 0
     summary: dict[str, Any] = {
         "name": cfg.name, "status": "running", "engine": cfg.engine.name, "run_id": run_id,
         "nodes": cfg.nodes, "rounds": cfg.rounds, "rounds_completed": 0, "seed": cfg.seed,
         "model": cfg.model.name, "parameters": experiment.layout.size,
         "batching": experiment.batching, "chunk_size": experiment.chunk_size,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch_threads": torch.get_num_threads(),
+        "started": _now(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__,
     }
+    if saved is not None:
+        run, hosts = saved
+        first = run["round"] + 1
+        summary = {**run["summary"], "status": "running",
+                   "resumed": [*run["summary"].get("resumed", []), {"from_round": run["round"], "at": _now()}]}
+        engine.restore(hosts, run["round"])
     if cfg.byzantine is not None:   # left out of every accuracy and consensus figure
         summary["byzantine_nodes"] = experiment.byzantine.tolist()
+    writer = RunWriter(out_dir, cfg.to_toml_dict(), after_round=first - 1 if saved is not None else None)
+    checkpoints = _Checkpoints(cfg, out_dir, engine, {
+        "run_id": run_id, "config": cfg.model_dump(mode="json"), "import_paths": plugins.import_folders(),
+        "engine_options": {k: v for k, v in engine_options.items() if k in _RESUMED_OPTIONS}})
     report = None
-    diverged = None
+    diverged = summary.get("diverged")
     try:
         for callback in callbacks:
             callback.on_start(cfg)
         engine.start()
         summary["setup_time_s"] = time.time() - started
         writer.write_json("summary.json", summary)
-        for rnd in range(cfg.rounds + 1):
+        stop.deferring = getattr(engine, "stops_between_rounds", False)
+        for rnd in range(first, cfg.rounds + 1):
             report = engine.step(rnd)
             summary["rounds_completed"] = rnd
             record = None
@@ -150,6 +203,10 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
                 diverged = summary["diverged"] = {"round": rnd, "nodes": bad}
                 if cfg.evaluation.stop_on_divergence:
                     break
+            if 0 < rnd < cfg.rounds:
+                checkpoints.after_round(rnd, summary, now=stop.signal is not None)
+            if stop.signal is not None:
+                raise RunInterrupted(stop.signal)
         if diverged is not None and cfg.evaluation.stop_on_divergence:
             summary["status"] = "diverged"
         else:
@@ -167,11 +224,12 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         summary["error"] = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        stop.deferring = False
         done = summary["rounds_completed"]
         wall = report.wall_time_s if report else 0.0
         summary.update(engine.close())
         summary.update(
-            ended=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ended=_now(),
             wall_time_s=wall, eval_time_s=report.eval_time_s if report else 0.0,
             sim_time_s=report.sim_time_s if report else None,
             time_per_round_s=wall / done if done else None,
@@ -188,6 +246,46 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         for callback in callbacks:
             callback.on_end(summary)
     return summary
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_RESUMED_OPTIONS = ("workers", "ray_address", "keep_models")
+"""Engine options a resumed run is launched with again (JSON values)."""
+
+
+def _resumable(out_dir: str | Path) -> tuple[dict[str, Any], dict[int, bytes]]:
+    """The checkpoint of a run that did not end; a run that did is refused."""
+    path = Path(out_dir) / "summary.json"
+    try:
+        status = json.loads(path.read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status in ("completed", "diverged"):
+        raise RunDirError(f"the run in {out_dir} has {status}: there is nothing to resume (start a new run with "
+                          "'meshlearn run')")
+    return load_checkpoint(out_dir)
+
+
+class _Checkpoints:
+    """Saves the run's checkpoint after the rounds ``[checkpoint]`` asks for (and when told to)."""
+
+    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, engine, meta: dict[str, Any]):
+        self.every, self.every_s = cfg.checkpoint.every, cfg.checkpoint.every_s
+        self.out_dir, self.engine, self.meta = out_dir, engine, meta
+        self.last = time.monotonic()
+
+    def after_round(self, rnd: int, summary: dict[str, Any], now: bool = False) -> None:
+        due = now or (rnd % self.every == 0 if self.every else time.monotonic() - self.last >= self.every_s)
+        hosts = self.engine.checkpoint(rnd, due)
+        if hosts is None:
+            return
+        summary["checkpoint_round"] = rnd
+        run = {**self.meta, "round": rnd, "hosts": sorted(hosts), "summary": clean_json(summary)}
+        save_checkpoint(self.out_dir, run, hosts)
+        self.last = time.monotonic()
 
 
 def diverged_nodes(engine, report: RoundReport) -> int:

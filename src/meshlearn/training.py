@@ -86,6 +86,14 @@ class BatchSampler:
             self._pos += take
         return out.reshape(steps, self.batch_size)
 
+    def state_dict(self) -> dict:
+        """The pass in progress, the position in it and the generator that draws the next."""
+        return {"rng": self.rng.bit_generator.state, "order": self._order, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self._order, self._pos = np.array(state["order"], dtype=np.int64), int(state["pos"])
+
 
 class Optimizer:
     """A local update rule on stacked nodes (the ``optimizer`` family).
@@ -282,8 +290,25 @@ class LocalTrainer:
         finally:
             self._how = outer
 
-    def _samplers(self) -> dict[int, BatchSampler]:
-        name = self._how.sampler
+    def state_dict(self) -> dict:
+        """Every sampler's position and the DP noise and accountants (optimizer state is in
+        ``nodes.state``)."""
+        samplers = {DEFAULT_SAMPLER: self.samplers, **self._other_samplers}
+        return {"samplers": {name: {node: sampler.state_dict() for node, sampler in group.items()}
+                             for name, group in samplers.items()},
+                "privacy": self.privacy.state_dict() if self.privacy is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, group in state["samplers"].items():
+            mine = self._samplers(name)
+            for node, saved in group.items():
+                mine[node].load_state_dict(saved)
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state["privacy"])
+
+    def _samplers(self, name: str | None = None) -> dict[int, BatchSampler]:
+        """The samplers called ``name`` (default: the current training's), made on first use."""
+        name = name or self._how.sampler
         if name == DEFAULT_SAMPLER:
             return self.samplers
         if name not in self._other_samplers:

@@ -91,6 +91,16 @@ class Algorithm(ABC):
         """Create per-node state; ``experiment`` tells the data sizes and the graph."""
         self.sharing.setup(nodes)
 
+    def state_dict(self) -> dict:
+        """State kept outside ``nodes.state`` that later rounds depend on, for checkpoints
+        (tensors, arrays, numbers, strings, lists, dicts). Per-node state belongs in
+        ``nodes.state``, which is saved already; override this only for the rest."""
+        return {"sharing": self.sharing.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s state."""
+        self.sharing.load_state_dict(state["sharing"])
+
     @abstractmethod
     def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
         """Advance ``nodes`` by one round; returns the per-node training loss."""

@@ -116,6 +116,13 @@ class ParameterServer(FedAvg):
         super().setup(nodes, experiment)
         self.velocity = torch.zeros(nodes.params.shape[1])   # used by the process hosting the server
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "velocity": self.velocity}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.velocity.copy_(state["velocity"])
+
     def update(self, nodes: NodeBatch, start: torch.Tensor, rnd: int):
         return {"update": nodes.params - start}
 

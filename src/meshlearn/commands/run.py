@@ -70,9 +70,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple[str, ...] = (),
-            overwrite: bool = False, **engine_options) -> int:
-    """Run ``cfg`` into ``out`` with a progress bar and a closing summary table; ``log``
-    names the loggers (``--log``) that also receive every evaluation. Exit codes: 0 done,
+            overwrite: bool = False, resume: bool = False, **engine_options) -> int:
+    """Run ``cfg`` into ``out`` (or with ``resume`` continue the run there) with a progress
+    bar and a closing summary table; ``log`` names the loggers (``--log``) that also receive
+    every evaluation. Exit codes: 0 done,
     2 bad input, 3 diverged, 128 + the signal's number when stopped by one (130 Ctrl-C,
     143 SIGTERM, 129 SIGHUP)."""
     import signal
@@ -106,7 +107,7 @@ def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple
                     console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
 
             summary = run_experiment(cfg, out, on_round=on_round, callbacks=callbacks, overwrite=overwrite,
-                                     **engine_options)
+                                     resume=resume, **engine_options)
     except RunDirError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

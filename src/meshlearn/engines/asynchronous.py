@@ -36,7 +36,7 @@ import torch
 from meshlearn import streams
 from meshlearn.algorithms.asynchronous import Message
 from meshlearn.config import ComputeConfig
-from meshlearn.engines.host import NodeHost, evaluate_if_due
+from meshlearn.engines.host import InProcessEngine, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, header_base_bytes, payload_bytes
 from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
@@ -68,7 +68,13 @@ def speed_factors(cfg: ComputeConfig, seed: int, num_nodes: int) -> np.ndarray:
     return np.maximum([draw(node) for node in range(num_nodes)], _MIN_FACTOR)
 
 
-class AsyncSimEngine(NodeHost):
+def _restored(state: dict) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+class AsyncSimEngine(InProcessEngine):
     """Runs an asynchronous algorithm (an ``AsyncAlgorithm``) of an ``Experiment`` with every
     node in this process, on a virtual clock; it is the ``AsyncContext`` of the algorithm."""
 
@@ -103,9 +109,6 @@ class AsyncSimEngine(NodeHost):
         self._headers: dict[tuple, tuple[int, int]] = {}
 
     # Engine
-    def start(self) -> None:
-        """Nothing to launch: every node lives in this process."""
-
     def step(self, rnd: int) -> RoundReport:
         """Play the events of round ``rnd``'s window (0: none, only the initial evaluation)."""
         if rnd > 0:
@@ -128,6 +131,33 @@ class AsyncSimEngine(NodeHost):
 
     def close(self) -> dict:
         return {"events": self.events}
+
+    def state_dict(self) -> dict:
+        """The nodes, the clock, the queue of events (with the messages in flight) and every
+        random stream's position."""
+        queue = [[at, node, seq, kind, None if data is None else
+                  {"src": data.src, "dst": data.dst, "kind": data.kind, "payload": data.payload, "sent_at": data.sent_at}]
+                 for at, node, seq, kind, data in self._queue]
+        return {**super().state_dict(), "pending": self.pending, "uncomputed": self._uncomputed,
+                "running_loss": self._running_loss, "ready": self._ready, "events": self.events,
+                "seq": self._seq, "now": self._now, "clocks": [self.train_time, self.eval_time], "queue": queue,
+                "peers": [rng.bit_generator.state for rng in self._peers],
+                "loss_draws": [None if d is None else [d[0], d[1].bit_generator.state] for d in self._loss_draws]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pending.copy_(state["pending"])
+        self._uncomputed[:] = state["uncomputed"]
+        self._running_loss.copy_(state["running_loss"])
+        self._ready[:] = state["ready"]
+        self.events, self._seq, self._now = int(state["events"]), int(state["seq"]), float(state["now"])
+        self.train_time, self.eval_time = state["clocks"]
+        self._queue = [(at, node, seq, kind, None if data is None else Message(**data))
+                       for at, node, seq, kind, data in state["queue"]]
+        heapq.heapify(self._queue)
+        for rng, saved in zip(self._peers, state["peers"]):
+            rng.bit_generator.state = saved
+        self._loss_draws = [None if d is None else (d[0], _restored(d[1])) for d in state["loss_draws"]]
 
     # AsyncContext
     @property

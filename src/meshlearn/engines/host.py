@@ -15,11 +15,12 @@ import torch
 
 from meshlearn import metrics
 from meshlearn.byzantine.adversary import Adversary
+from meshlearn.checkpoint import CheckpointError, decode, encode
 from meshlearn.evaluation import Evaluation, Evaluator
 from meshlearn.nodes import NodeBatch
 from meshlearn.topology.schedule import TopologySchedule
 
-__all__ = ["NodeHost", "evaluate_if_due"]
+__all__ = ["NodeHost", "InProcessEngine", "evaluate_if_due"]
 
 
 class NodeHost:
@@ -58,6 +59,35 @@ class NodeHost:
             self.adversary.begin_round(self.nodes)
         return self.algorithm.round(self.nodes, rnd, self)
 
+    def state_dict(self) -> dict:
+        """Everything that decides the hosted nodes' future (see ``meshlearn.checkpoint``):
+        models and per-node state, the trainer's and the algorithm's state, the counters."""
+        return {"nodes": self.local_ids, "params": self.nodes.params, "state": dict(self.nodes.state),
+                "last_loss": self.last_loss, "bytes_sent": self.bytes_sent, "header_bytes": self.header_bytes,
+                "counters": dict(self.counters), "message_bytes": self.message_bytes,
+                "trainer": self.trainer.state_dict(), "algorithm": self.algorithm.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s state. Tensors and counters are copied in place, so
+        whatever holds a reference to them (an engine's alias of a counter) sees the values."""
+        if list(state["nodes"]) != self.local_ids:
+            raise ValueError(f"the checkpoint holds nodes {_span(state['nodes'])}, this process hosts "
+                             f"{_span(self.local_ids)}: resume with the same engine and number of workers")
+        self.nodes.params.copy_(state["params"])
+        for name, value in state["state"].items():
+            if name in self.nodes.state and self.nodes.state[name].shape == value.shape:
+                self.nodes.state[name].copy_(value)
+            else:
+                self.nodes.state[name] = value.clone()
+        self.last_loss.copy_(state["last_loss"])
+        for mine, saved in ((self.bytes_sent, state["bytes_sent"]), (self.header_bytes, state["header_bytes"]),
+                            *((self.counters.setdefault(name, np.zeros_like(v)), v)
+                              for name, v in state["counters"].items())):
+            mine[:] = saved
+        self.message_bytes = int(state["message_bytes"])
+        self.trainer.load_state_dict(state["trainer"])
+        self.algorithm.load_state_dict(state["algorithm"])
+
     def node_metrics(self) -> dict[str, np.ndarray]:
         """Per-node figures of a round report: the counters, the privacy spent (DP), and the
         sharing scheme's own counters."""
@@ -66,6 +96,34 @@ class NodeHost:
             out["epsilon"] = self.trainer.epsilon(self.local_ids)
         out.update(self.algorithm.sharing.node_metrics(self.local_ids))
         return out
+
+
+class InProcessEngine(NodeHost):
+    """An engine that hosts every node in this process (the simulators): its state is at hand
+    between rounds, so a stop signal lets the round in progress end and the run checkpoint."""
+
+    stops_between_rounds = True
+
+    def start(self) -> None:
+        """Nothing to launch: every node lives in this process."""
+
+    def checkpoint(self, rnd: int, due: bool) -> dict[int, bytes] | None:
+        """The encoded state after round ``rnd`` when a checkpoint is ``due`` (one host: 0)."""
+        return {0: encode(self.state_dict())} if due else None
+
+    def restore(self, hosts: dict[int, bytes], rnd: int) -> None:
+        """Continue from the state ``checkpoint`` saved after round ``rnd``."""
+        state = decode(hosts[0])
+        try:
+            self.load_state_dict(state)
+        except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this run ({type(exc).__name__}: {exc}); start the "
+                                  "run again") from None
+
+
+def _span(ids) -> str:
+    ids = list(ids)
+    return f"{ids[0]}..{ids[-1]} ({len(ids)})" if ids else "none"
 
 
 def evaluate_if_due(evaluator: Evaluator, nodes: NodeBatch, topology: TopologySchedule,

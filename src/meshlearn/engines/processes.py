@@ -114,6 +114,10 @@ class ProcessesEngine:
         self.keep_models = keep_models
         self.ray_address = ray_address
         self.params: torch.Tensor | None = None   # final models (N, P), with keep_models
+        self.resume: dict[int, bytes] = {}         # each worker's state to continue from (restore)
+        self.first_round = 0
+        self.states: dict[int, bytes] = {}         # the workers' states sent with the last merged round
+        self.requested: int | None = None          # the round after which the workers were asked for theirs
         self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
             + (SECAGG_METRICS if cfg.privacy.secagg is not None else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
@@ -160,9 +164,36 @@ class ProcessesEngine:
                 deadline = self._stall_limit()
         self._last_round = rnd
         reports = self.reports.pop(rnd, {})
+        self.states = {k: msg.pop("checkpoint") for k, (msg, *_) in reports.items() if "checkpoint" in msg}
         if self.keep_models and rnd == self.experiment.config.rounds:
             self._keep_models(reports)
         return self._merge(rnd, reports)
+
+    def checkpoint(self, rnd: int, due: bool) -> dict[int, bytes] | None:
+        """Every worker's encoded state after round ``rnd`` if they sent it with that round
+        (at ``checkpoint.every`` rounds, or the round a ``due`` checkpoint was asked for, a few
+        rounds ahead since workers run ahead of the launcher). None while some are missing,
+        a worker has failed, or the run spans machines (each launcher sees only its share)."""
+        if self.static_book is not None or self.failures:
+            return None
+        if len(self.states) == len(self.local):
+            return dict(self.states)
+        if self.requested is not None and rnd >= self.requested:
+            self.requested = None   # a worker read the request too late: ask again
+        if due and self.requested is None and not self.experiment.config.checkpoint.every:
+            ahead = max([rnd, *self.reports]) + 3
+            if ahead < self.experiment.config.rounds:
+                self.requested = ahead
+                for k in self._alive():
+                    self._send(k, {"kind": "checkpoint", "round": ahead})
+        return None
+
+    def restore(self, hosts: dict[int, bytes], rnd: int) -> None:
+        """Start the workers from the states ``checkpoint`` returned after round ``rnd``."""
+        if sorted(hosts) != self.local:
+            raise ConfigError(f"the checkpoint holds the state of {len(hosts)} workers, this run starts "
+                              f"{len(self.local)}: resume with --workers {len(hosts)}")
+        self.resume, self.first_round, self._last_round = hosts, rnd + 1, rnd
 
     def _keep_models(self, reports: dict[int, list]) -> None:
         """Final models from the last frame of each worker's last report (NaN rows: failed)."""
@@ -227,6 +258,7 @@ class ProcessesEngine:
         return {"kind": "setup", "config": self.experiment.config.model_dump(mode="json"), "run_id": self.run_id,
                 "nodes": self.assignment[k], "threads": self.threads, "keep_models": self.keep_models,
                 "host": None if self.placement == "ray" else host, "port": port,
+                "resume": self.resume.get(k), "first_round": self.first_round,
                 "import_paths": plugins.import_folders(),   # where the launcher found the plug-ins
                 "peers": self.peers, "peer_kind": "worker" if self.static_book is None else "machine",
                 "peer_keys": {str(p): key.decode() for p, key in self.peer_keys.items()} if self.secure else {}}

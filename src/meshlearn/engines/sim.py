@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from meshlearn.byzantine.adversary import received_view
-from meshlearn.engines.host import NodeHost, evaluate_if_due
+from meshlearn.engines.host import InProcessEngine, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, LinkCache, header_base_bytes, payload_bytes
 from meshlearn.engines.network import renormalized
 from meshlearn.evaluation import RoundReport
@@ -72,7 +72,7 @@ class SimInbox(Inbox):
                                    sources, chunk_nodes)
 
 
-class SimEngine(NodeHost):
+class SimEngine(InProcessEngine):
     """Runs an ``Experiment`` with every node in this process (a ``RoundContext``)."""
 
     name = "sim"
@@ -88,9 +88,6 @@ class SimEngine(NodeHost):
         self._exchange = (0, 0)                             # (round, step) of the last exchange
 
     # Engine
-    def start(self) -> None:
-        """Nothing to launch: every node lives in this process."""
-
     def step(self, rnd: int) -> RoundReport:
         """Round ``rnd`` (0: only the initial evaluation), with its report."""
         if rnd > 0:
@@ -109,6 +106,13 @@ class SimEngine(NodeHost):
 
     def close(self) -> dict:
         return {}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "clocks": [self.train_time, self.eval_time, self.sim_time]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.train_time, self.eval_time, self.sim_time = state["clocks"]
 
     def run_round(self, rnd: int) -> torch.Tensor:
         """One synchronous round for every node; returns per-node training loss."""

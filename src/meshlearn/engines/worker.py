@@ -28,6 +28,7 @@ import zmq
 
 from meshlearn import plugins, wire
 from meshlearn.byzantine.adversary import received_view
+from meshlearn.checkpoint import decode, encode
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
@@ -140,6 +141,8 @@ class Worker(NodeHost):
         self.peer_of_worker: np.ndarray | None = None    # CURVE: the peer (key) each worker sends as
         self.peer_kind = "worker"
         self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
+        self.elapsed = 0.0                               # seconds spent in rounds (the report's wall time)
+        self.checkpoint_rounds: set[int] = set()         # rounds after which the launcher asked for the state
 
     def neighbours(self, node: int, rnd: int = 1) -> np.ndarray:
         """The nodes that hear from ``node`` in round ``rnd``."""
@@ -405,15 +408,29 @@ class Worker(NodeHost):
                     self.transport.drop_peer(int(worker))
             elif msg["kind"] == "stop":
                 raise KeyboardInterrupt
+            elif msg["kind"] == "checkpoint":
+                self.checkpoint_rounds.add(int(msg["round"]))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "elapsed": self.elapsed, "times": self.times}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.elapsed = float(state["elapsed"])
+        self.times.update(state["times"])
 
     # the round loop
-    def report(self, rnd: int, loss: torch.Tensor, elapsed: float, send_models: bool = False) -> list[bytes]:
-        """The round's report for the launcher: header map, then (on evaluation rounds)
-        the float64 sum of the local models, then (if ``send_models``) the models."""
+    def report(self, rnd: int, loss: torch.Tensor, send_models: bool = False) -> list[bytes]:
+        """The round's report for the launcher: header map (with the encoded state when the
+        round checkpoints), then (on evaluation rounds) the float64 sum of the local models,
+        then (if ``send_models``) the models."""
         msg = {"kind": "round", "worker": self.index, "rnd": rnd, "nodes": self.local_ids,
                "train_loss": loss.tolist(), "bytes_sent": self.bytes_sent.tolist(),
-               "header_bytes": self.header_bytes.tolist(), "wall_time_s": elapsed,
+               "header_bytes": self.header_bytes.tolist(), "wall_time_s": self.elapsed,
                **{name: values.tolist() for name, values in self.node_metrics().items()}}
+        every = self.experiment.config.checkpoint.every
+        if rnd in self.checkpoint_rounds or (every and rnd % every == 0 and 0 < rnd < self.experiment.config.rounds):
+            msg["checkpoint"] = encode(self.state_dict())
         models = [self.nodes.params.numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
             return [pack(msg), *models]
@@ -432,18 +449,17 @@ class Worker(NodeHost):
                 msg["eval"]["local_nodes"] = ev.local_nodes.tolist()
         return [pack(msg), total.numpy().tobytes(), *models]
 
-    def run(self, rounds: int, send_models: bool = False) -> None:
-        """All rounds; ``send_models`` also ships the final models to the launcher."""
-        loss = torch.full((len(self.local_ids),), float("nan"))
-        elapsed = 0.0
-        for rnd in range(rounds + 1):
+    def run(self, rounds: int, send_models: bool = False, first: int = 0) -> None:
+        """Rounds ``first`` (0: the initial evaluation; later: a resumed run) to ``rounds``;
+        ``send_models`` also ships the final models to the launcher."""
+        for rnd in range(first, rounds + 1):
             if rnd > 0:
                 t0 = time.perf_counter()
-                loss = self.play_round(rnd)
-                elapsed += time.perf_counter() - t0
+                self.last_loss = self.play_round(rnd)
+                self.elapsed += time.perf_counter() - t0
             self._poll_control()
             if self.control is not None:
-                self.control.send_multipart(self.report(rnd, loss, elapsed, send_models and rnd == rounds))
+                self.control.send_multipart(self.report(rnd, self.last_loss, send_models and rnd == rounds))
 
 
 def serve(control_address: str, index: int, host: str | None = None,
@@ -481,6 +497,8 @@ def serve(control_address: str, index: int, host: str | None = None,
         worker = Worker(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
         worker.peer_of_worker = np.asarray(peers, dtype=np.int64) if credentials else None
         worker.peer_kind = setup.get("peer_kind", "worker")
+        if setup.get("resume") is not None:   # the state it checkpointed after round first - 1
+            worker.load_state_dict(decode(setup["resume"]))
         sharing = worker.algorithm.sharing
         control.send(pack({"kind": "ready", "worker": index, "address": transport.address,
                            "keys": sharing.public_keys()}))
@@ -490,7 +508,7 @@ def serve(control_address: str, index: int, host: str | None = None,
         worker.owner = np.asarray(start["owner"], dtype=np.int64)
         worker.down.update(int(w) for w in start.get("down", []))
         sharing.add_public_keys(start.get("keys", {}))
-        worker.run(cfg.rounds, send_models=setup.get("keep_models", False))
+        worker.run(cfg.rounds, send_models=setup.get("keep_models", False), first=setup.get("first_round", 0))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         control.send(pack({"kind": "done", "worker": index, "cpu_time_s": usage.ru_utime + usage.ru_stime,
                            "peak_rss_bytes": peak_rss_bytes(), "nodes": len(worker.local_ids),

@@ -97,6 +97,17 @@ class NodePrivacy:
         return [(torch.einsum("cb,cb...->c...", scale, g) + z) / batch
                 for g, z in zip(per_sample, self.layout.views(noise).values())]
 
+    def state_dict(self) -> dict:
+        """Each node's noise generator and accountant history."""
+        return {"generators": {node: g.get_state() for node, g in self.generators.items()},
+                "history": {node: [list(entry) for entry in acc.history] for node, acc in self.accountants.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for node, generator_state in state["generators"].items():
+            self.generators[node].set_state(generator_state)
+        for node, history in state["history"].items():
+            self.accountants[node].history = [tuple(entry) for entry in history]
+
     def epsilon(self, ids) -> np.ndarray:
         """ε spent so far by each node at the configured δ; NaN for nodes not held here."""
         return np.array([_epsilon(self.cfg.accountant, tuple(self.accountants[node].history), self.cfg.delta)

@@ -198,6 +198,14 @@ class Sharing(ABC):
         """Per-node counters of the scheme for the results (int64, aligned with ``ids``)."""
         return {}
 
+    def state_dict(self) -> dict:
+        """State kept outside ``nodes.state`` that later rounds depend on, for checkpoints
+        (``Algorithm.state_dict``); per-node state in ``nodes.state`` is saved already."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s state."""
+
     def public_keys(self) -> dict[int, bytes]:
         """Public keys of the local nodes that other processes need (secure aggregation)."""
         return {}

@@ -67,6 +67,14 @@ class SecureAggregation(Sharing):
         return {"secagg_aborts": np.array([self.aborts[i] for i in ids], dtype=np.int64),
                 "secagg_clipped": np.array([self.clipped[i] for i in ids], dtype=np.int64)}
 
+    def state_dict(self) -> dict:
+        """The counters; keys are not saved: fresh pairs give masks that cancel the same way."""
+        return {"aborts": self.aborts, "clipped": self.clipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aborts.update(state["aborts"])
+        self.clipped.update(state["clipped"])
+
     def encode(self, nodes: NodeBatch, rnd: int) -> Payload:
         raise NotImplementedError("secure aggregation sends a different message per receiver: use share()")
 
