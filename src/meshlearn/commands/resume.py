@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from meshlearn.commands.run import add_output_options
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,9 +19,7 @@ def add_parser(subparsers) -> None:
                     "and engine it was started with. Records of rounds after the checkpoint are played again.",
         epilog="example: meshlearn resume runs/quickstart-20261204-101500")
     parser.add_argument("run_dir", help="the run directory of the run to continue")
-    parser.add_argument("--log", action="append", default=[], choices=["tensorboard", "csv", "wandb"],
-                        help="log the remaining evaluations as 'meshlearn run --log' does, repeatable")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_options(parser)
     parser.set_defaults(func=resume_command)
 
 

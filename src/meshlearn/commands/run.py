@@ -32,14 +32,19 @@ def add_parser(subparsers) -> None:
                              "one process per node)")
     parser.add_argument("--ray-address", metavar="ADDR",
                         help="ray: cluster to join (default: $RAY_ADDRESS, else a local Ray instance)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the --out folder (default: refuse a folder that holds one)")
+    add_output_options(parser)
+    parser.set_defaults(func=run_command)
+
+
+def add_output_options(parser) -> None:
+    """--log and --no-progress, shared with ``meshlearn resume``."""
     parser.add_argument("--log", action="append", default=[], choices=["tensorboard", "csv", "wandb"],
                         help="also log every evaluation to tensorboard (<out>/tensorboard), csv (<out>/rounds.csv) "
                              "or wandb (Weights & Biases, files in <out>/wandb; pip install 'meshlearn[wandb]', "
                              "WANDB_MODE=offline without network), repeatable")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run already in the --out folder (default: refuse a folder that holds one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_command)
 
 
 def _loggers(names: list[str], out: Path) -> list:

@@ -192,7 +192,7 @@ class ProcessesEngine:
         """Start the workers from the states ``checkpoint`` returned after round ``rnd``."""
         if sorted(hosts) != self.local:
             raise ConfigError(f"the checkpoint holds the state of {len(hosts)} workers, this run starts "
-                              f"{len(self.local)}: resume with --workers {len(hosts)}")
+                              f"{len(self.local)}: resume with workers={len(hosts)}")
         self.resume, self.first_round, self._last_round = hosts, rnd + 1, rnd
 
     def _keep_models(self, reports: dict[int, list]) -> None:
