@@ -494,6 +494,36 @@ class NetworkConfig(_Section):
         return bool(self.latency_ms or self.bandwidth_mbps or self.loss or self.classes or self.file)
 
 
+class AvailabilityConfig(_Section):
+    """When nodes are online (churn). An offline node neither trains nor sends, and its model and
+    state stay as they were; its neighbours renormalize their weights over who is present, as
+    when messages are lost. On its return it goes on from its own stale model."""
+
+    model: Literal["always", "bernoulli", "sessions", "trace"] = Field(
+        "always", description="always online; bernoulli (each round online with probability online_probability); "
+        "sessions (alternating online/offline spells, geometric with means mean_online/mean_offline rounds); "
+        "trace (offline periods from file)")
+    online_probability: float = Field(0.8, gt=0, le=1, description="bernoulli: chance a node is online in a round")
+    mean_online: float = Field(20.0, ge=1, allow_inf_nan=False, description="sessions: mean rounds of an online spell")
+    mean_offline: float = Field(5.0, ge=1, allow_inf_nan=False, description="sessions: mean rounds of an offline spell")
+    file: str | None = Field(None, description="trace: CSV of offline periods with the header "
+                             "node,offline_from,online_from (online_from empty: never back)")
+    unit: Literal["rounds", "seconds"] = Field("rounds", description="trace: unit of offline_from/online_from")
+    round_s: float = Field(1.0, gt=0, allow_inf_nan=False, description="trace with unit = 'seconds': seconds one "
+                           "round lasts (round r covers [(r-1)·round_s, r·round_s))")
+
+    @model_validator(mode="after")
+    def _trace_file(self) -> "AvailabilityConfig":
+        if self.model == "trace" and not self.file:
+            raise ValueError("availability.model = 'trace' needs availability.file, a CSV with the header "
+                             "node,offline_from,online_from")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "always"
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="labels the run (default run directory runs/<name>-<time>)")
     seed: int = Field(0, ge=0, lt=1 << 63, description="seeds every random draw of the run (streams.py), "
@@ -511,6 +541,7 @@ class ExperimentConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="when a run saves the "
                                          "state `meshlearn resume` continues from (also on Ctrl-C/SIGTERM in sim)")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    availability: AvailabilityConfig = Field(default_factory=AvailabilityConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
@@ -554,6 +585,7 @@ class ExperimentConfig(_Section):
                                  "'dpsgd' and sharing.name = 'full', or remove [privacy.secagg]")
         self._check_robustness()
         self._check_private()
+        self._check_availability()
         if self.network.file and not Path(self.network.file).is_file():
             raise ValueError(f"network.file = {self.network.file!r} does not exist; write a CSV with a "
                              "header src,dst,latency_ms,bandwidth_mbps,loss")
@@ -561,6 +593,23 @@ class ExperimentConfig(_Section):
             raise ValueError(f"evaluation.nodes = {self.evaluation.nodes} exceeds nodes = {self.nodes}; "
                              "use 0 for all nodes")
         return self
+
+    def _check_availability(self) -> None:
+        """Churn changes each round's graph and weights: schemes that keep state about fixed
+        neighbours cannot follow, and the asynchronous simulator has no rounds to apply it to."""
+        if not self.availability.enabled:
+            return
+        what = f"availability.model = {self.availability.model!r}"
+        if self.algorithm.implementation().asynchronous:
+            raise ValueError(f"{what} applies to round-based algorithms; algorithm.name = {self.algorithm.name!r} "
+                             "is asynchronous: use availability.model = 'always'")
+        if self.sharing.implementation().static_graph:
+            raise ValueError(f"{what} changes every round's neighbours and weights, and sharing.name = "
+                             f"{self.sharing.name!r} keeps state about fixed neighbours: use another sharing "
+                             "scheme or availability.model = 'always'")
+        if self.availability.model == "trace" and not Path(self.availability.file).is_file():
+            raise ValueError(f"availability.file = {self.availability.file!r} does not exist; write a CSV with "
+                             "the header node,offline_from,online_from")
 
     def _check_private(self) -> None:
         """Private parameters are withheld by the sharing scheme, so they need an algorithm that

@@ -161,6 +161,8 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
     }
     for name, values in report.node_metrics.items():
         record[f"{name}_per_node"] = float(np.mean(values)) if len(values) else None
+    if "online" in report.node_metrics:   # churn: how many nodes took part in this round
+        record["online_nodes"] = int(np.sum(report.node_metrics["online"]))
     if "epsilon" in report.node_metrics:   # DP: nodes that hold no data (a server) report NaN
         spent = report.node_metrics["epsilon"][~np.isnan(report.node_metrics["epsilon"])]
         record["epsilon_per_node"] = float(spent.mean()) if len(spent) else None

@@ -22,6 +22,7 @@ from meshlearn import algorithms, data, models, plugins, streams, topology
 from meshlearn.byzantine.placement import byzantine_nodes
 from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
+from meshlearn.dynamics import Availability
 from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.streams import Stream
 from meshlearn.training import LocalTrainer, default_batching
@@ -43,6 +44,7 @@ class Experiment:
     chunk_size: int
     byzantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted ids
     local_tests: list[np.ndarray] = field(default_factory=list)   # each node's held-out samples (x_train rows)
+    availability: Availability | None = None   # who is online each round (None: everyone, always)
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
@@ -67,6 +69,10 @@ class Experiment:
             first = schedule.graph(1)
             graph = nx.from_scipy_sparse_array(first.weights + first.weights.T)
             graph.remove_edges_from(nx.selfloop_edges(graph))
+            availability = None
+            if cfg.availability.enabled:
+                availability = Availability(cfg.availability, cfg.nodes, cfg.seed, always_online=(0,) if server else ())
+                schedule.set_availability(availability)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)
@@ -74,7 +80,7 @@ class Experiment:
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests)
+                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, availability)
         if cfg.sharing.private:
             experiment.shared_columns()   # refuse patterns that do not fit the model before any training
         if cfg.engine.name != "sim":

@@ -52,12 +52,37 @@ class NodeHost:
         self.last_loss = torch.full((b,), float("nan"))
         self.honest = experiment.honest(self.local_ids)     # False for the Byzantine nodes
         self.adversary = Adversary(experiment, self.local_ids) if experiment.config.byzantine else None
+        self.online: np.ndarray | None = None               # with churn: who (of all N) is online this round
+        if experiment.availability is not None:             # this round (1/0) and rounds so far
+            self.counters.update(online=np.ones(b, dtype=np.int64), rounds_online=np.zeros(b, dtype=np.int64))
 
     def play_round(self, rnd: int) -> torch.Tensor:
-        """The algorithm's round ``rnd`` for the hosted nodes; returns their training loss."""
+        """The algorithm's round ``rnd`` for the hosted nodes; returns their training loss.
+        With churn the offline nodes do not train (``present``), the round's graphs leave them
+        out, and whatever the round did to their models and state is undone."""
         if self.adversary:
             self.adversary.begin_round(self.nodes)
-        return self.algorithm.round(self.nodes, rnd, self)
+        if self.experiment.availability is None:
+            return self.algorithm.round(self.nodes, rnd, self)
+        self.online = self.experiment.availability.online(rnd)
+        here = self.online[self.nodes.ids.numpy()]
+        self.counters["online"][:] = here
+        self.counters["rounds_online"] += here
+        away = torch.from_numpy(np.flatnonzero(~here))
+        kept = self.nodes.params[away].clone(), {name: t[away].clone() for name, t in self.nodes.state.items()}
+        loss = self.algorithm.round(self.nodes, rnd, self)
+        self.nodes.params[away] = kept[0]
+        for name, rows in kept[1].items():
+            self.nodes.state[name][away] = rows
+        loss[away] = float("nan")
+        return loss
+
+    def present(self, nodes: NodeBatch, active: torch.Tensor | None) -> torch.Tensor | None:
+        """``active`` (default: all of ``nodes``) less the nodes offline this round."""
+        if self.online is None:
+            return active
+        here = torch.from_numpy(self.online[nodes.ids.numpy()])
+        return here if active is None else active & here
 
     def state_dict(self) -> dict:
         """Everything that decides the hosted nodes' future (see ``meshlearn.checkpoint``):

@@ -119,7 +119,8 @@ class ProcessesEngine:
         self.states: dict[int, bytes] = {}         # the workers' states sent with the last merged round
         self.requested: int | None = None          # the round after which the workers were asked for theirs
         self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
-            + (SECAGG_METRICS if cfg.privacy.secagg is not None else ())
+            + (SECAGG_METRICS if cfg.privacy.secagg is not None else ()) \
+            + (("online", "rounds_online") if cfg.availability.enabled else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine

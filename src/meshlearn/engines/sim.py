@@ -120,7 +120,7 @@ class SimEngine(InProcessEngine):
 
     # RoundContext
     def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
-        return self.trainer.train(nodes, active, **how)
+        return self.trainer.train(nodes, self.present(nodes, active), **how)
 
     def graph(self, rnd: int) -> RoundGraph:
         return self.topology.graph(rnd)
@@ -129,7 +129,7 @@ class SimEngine(InProcessEngine):
 
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox | LinkInbox:
-        links = self.links(graph if graph is not None else self.graph(rnd))
+        links = self.links(self.topology.restrict(graph, rnd) if graph is not None else self.graph(rnd))
         step = self._exchange[1] + 1 if self._exchange[0] == rnd else 0   # exchanges match by order
         self._exchange = (rnd, step)
         if per_link:  # rows come sender-major; deliver them in the receivers' (CSR) order

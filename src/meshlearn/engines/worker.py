@@ -151,7 +151,7 @@ class Worker(NodeHost):
     # RoundContext
     def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
         t0 = time.perf_counter()
-        loss = self.trainer.train(nodes, active, **how)
+        loss = self.trainer.train(nodes, self.present(nodes, active), **how)
         self.times["train_time_s"] += time.perf_counter() - t0
         return loss
 
@@ -166,7 +166,8 @@ class Worker(NodeHost):
                  per_link: bool = False) -> Inbox | LinkInbox:
         step = self.current[1] + 1 if self.current[0] == rnd else 0
         self.current = (rnd, step)
-        self.current_links = links = self.links(graph if graph is not None else self.graph(rnd))
+        self.current_links = links = self.links(self.topology.restrict(graph, rnd) if graph is not None
+                                                else self.graph(rnd))
         # what a sender's message must hold: the tensors this run's sharing scheme sends
         self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
         self.per_link = per_link

@@ -98,6 +98,26 @@ class RoundGraph:
     def mixing(self) -> sp.csr_matrix:
         return (self.weights + sp.diags(self.self_weight)).tocsr()
 
+    def without(self, absent: np.ndarray) -> "RoundGraph":
+        """This graph with the ``absent`` nodes (a bool mask) gone: their links dropped, and each
+        receiver that lost some rescaling what is left of its row (its own weight included) to
+        sum to one, as a receiver does for lost messages (``engines.network.renormalized``);
+        an absent node, or one left with no weight, keeps only itself (w_ii = 1)."""
+        if not absent.any():
+            return self
+        w, receivers = self.weights, self.receivers
+        keep = ~(absent[receivers] | absent[w.indices])
+        n = self.num_nodes
+        total = self.self_weight + np.bincount(receivers[keep], weights=w.data[keep], minlength=n)
+        complete = np.bincount(receivers, weights=~keep, minlength=n) == 0
+        alone = absent | (total <= 0)
+        scale = np.where(complete | alone, 1.0, 1.0 / np.where(alone, 1.0, total))
+        self_weight = np.where(alone, 1.0, self.self_weight * scale)
+        kept_receivers = receivers[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(kept_receivers, minlength=n))])
+        off = sp.csr_matrix((w.data[keep] * scale[kept_receivers], w.indices[keep], indptr), shape=(n, n))
+        return RoundGraph(self_weight, off, self.label)
+
     def describe(self) -> dict:
         """Degree and spectral-gap figures of this round's graph (computed once)."""
         if not self.stats:
@@ -131,6 +151,11 @@ class TopologySchedule:
         self._static: dict[int, RoundGraph] = {}    # phase index -> its fixed graph
         self._base = base
         self._last: tuple[int, RoundGraph] | None = None
+        self.availability = None   # with churn (dynamics.Availability): each round's graph keeps who is online
+
+    def set_availability(self, availability) -> None:
+        """From now on, rounds' graphs (and ``restrict``) leave out the nodes offline in them."""
+        self.availability, self._last = availability, None
 
     def phase(self, rnd: int):
         """(index, settings) of the phase round ``rnd`` belongs to."""
@@ -143,7 +168,8 @@ class TopologySchedule:
     @property
     def static(self) -> bool:
         """True when every round uses the same graph."""
-        return len(self.phases) == 1 and not self._changes(self.phases[0][1]) and not self.cfg.topology.final_average
+        return len(self.phases) == 1 and not self._changes(self.phases[0][1]) and not self.cfg.topology.final_average \
+            and self.availability is None
 
     @staticmethod
     def _changes(phase) -> bool:
@@ -154,9 +180,15 @@ class TopologySchedule:
         rnd = max(rnd, 1)
         if self._last is not None and self._last[0] == rnd:
             return self._last[1]
-        graph = self._build(rnd)
+        graph = self.restrict(self._build(rnd), rnd)
         self._last = (rnd, graph)
         return graph
+
+    def restrict(self, graph: RoundGraph, rnd: int) -> RoundGraph:
+        """``graph`` (a round's, or an algorithm's own) without the nodes offline in round ``rnd``."""
+        if self.availability is None:
+            return graph
+        return graph.without(~self.availability.online(rnd))
 
     def _build(self, rnd: int) -> RoundGraph:
         if self.cfg.topology.final_average and rnd == self.cfg.rounds:
