@@ -256,18 +256,37 @@ class AlgorithmConfig(_Module):
     name: str = Field("dpsgd", description="built-in algorithm name or import path of an Algorithm subclass")
 
 
+class ComputeClassConfig(_Section):
+    nodes: list[int] = Field(description="node ids in this class")
+    factor: float = Field(gt=0, allow_inf_nan=False, description="their training time relative to the others "
+                          "(5: five times slower)")
+
+
 class ComputeConfig(_Section):
-    """How long a node's local training takes on the asynchronous simulator's virtual clock.
+    """How long a node's local training takes (virtual seconds): heterogeneous compute.
 
     Each node gets a fixed speed drawn once from (seed, node); one local training of node i
     then takes ``mean_s`` × its factor: ``constant`` (all 1), ``uniform`` (1 ± spread),
-    ``lognormal`` (σ = spread, mean 1) or ``exponential`` (mean 1, heavy stragglers).
+    ``lognormal`` (σ = spread, mean 1) or ``exponential`` (mean 1, heavy stragglers), times
+    the largest ``factor`` of the classes it is in. The asynchronous simulator always runs on
+    these times; the round-based engines use them once they differ between nodes or a deadline
+    is set (``emulated``).
     """
 
     distribution: Literal["constant", "uniform", "lognormal", "exponential"] = Field(
         "constant", description="how nodes' training times spread around mean_s")
     mean_s: float = Field(1.0, gt=0, description="mean virtual seconds of one local training")
     spread: float = Field(0.5, ge=0, description="uniform: ± share of the mean; lognormal: σ")
+    classes: dict[str, ComputeClassConfig] = Field(default_factory=dict, description="per-node speed classes "
+                                                   "(e.g. stragglers)")
+    deadline_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="round-based engines: a node "
+                                     "whose training takes longer is late, and its messages of the round are "
+                                     "dropped like lost ones (unset: everyone is waited for)")
+
+    @property
+    def emulated(self) -> bool:
+        """Whether round-based engines charge these times (sim's clock) and make slow nodes slow (processes)."""
+        return self.distribution != "constant" or bool(self.classes) or self.deadline_s is not None
 
     @model_validator(mode="after")
     def _spread(self) -> "ComputeConfig":
@@ -569,6 +588,10 @@ class ExperimentConfig(_Section):
                              "give each phase its own from_round")
         for k, phase in enumerate(topo.schedule):
             phase.check(self.nodes, f"topology.schedule[{k}]")
+        for name, cls in self.compute.classes.items():
+            bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
+            if bad:
+                raise ValueError(f"compute.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
         for name, cls in self.network.classes.items():
             bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
             if bad:

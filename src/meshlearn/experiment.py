@@ -22,7 +22,7 @@ from meshlearn import algorithms, data, models, plugins, streams, topology
 from meshlearn.byzantine.placement import byzantine_nodes
 from meshlearn.config import ConfigError, ExperimentConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
-from meshlearn.dynamics import Availability
+from meshlearn.dynamics import Availability, late, training_times
 from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.streams import Stream
 from meshlearn.training import LocalTrainer, default_batching
@@ -45,6 +45,7 @@ class Experiment:
     byzantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted ids
     local_tests: list[np.ndarray] = field(default_factory=list)   # each node's held-out samples (x_train rows)
     availability: Availability | None = None   # who is online each round (None: everyone, always)
+    training_times: np.ndarray | None = None   # round-based engines: each node's virtual seconds per training
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
@@ -69,10 +70,12 @@ class Experiment:
             first = schedule.graph(1)
             graph = nx.from_scipy_sparse_array(first.weights + first.weights.T)
             graph.remove_edges_from(nx.selfloop_edges(graph))
-            availability = None
+            availability = times = None
             if cfg.availability.enabled:
                 availability = Availability(cfg.availability, cfg.nodes, cfg.seed, always_online=(0,) if server else ())
-                schedule.set_availability(availability)
+            if cfg.compute.emulated and not cfg.algorithm.implementation().asynchronous:
+                times = training_times(cfg.compute, cfg.seed, cfg.nodes)
+            schedule.set_dynamics(availability, late(cfg.compute, times) if times is not None else None)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)
@@ -80,7 +83,8 @@ class Experiment:
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, availability)
+                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, availability,
+                         times)
         if cfg.sharing.private:
             experiment.shared_columns()   # refuse patterns that do not fit the model before any training
         if cfg.engine.name != "sim":

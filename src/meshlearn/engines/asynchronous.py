@@ -35,7 +35,7 @@ import torch
 
 from meshlearn import streams
 from meshlearn.algorithms.asynchronous import Message
-from meshlearn.config import ComputeConfig
+from meshlearn.dynamics import training_times
 from meshlearn.engines.host import InProcessEngine, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, header_base_bytes, payload_bytes
 from meshlearn.evaluation import RoundReport
@@ -44,28 +44,11 @@ from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Payload
 from meshlearn.streams import Stream
 
-__all__ = ["AsyncSimEngine", "speed_factors"]
+__all__ = ["AsyncSimEngine"]
 
-_MIN_FACTOR = 0.01   # a node at most 100× faster than the mean: a freak draw cannot flood the queue
 _SLACK = 1e-9        # events due at a window's end up to float rounding belong to that window
 
 _BEGIN, _TRAINED, _ARRIVE = range(3)   # event kinds
-
-
-def speed_factors(cfg: ComputeConfig, seed: int, num_nodes: int) -> np.ndarray:
-    """Each node's training time relative to ``cfg.mean_s`` (mean 1), drawn once from
-    (seed, node) so it does not depend on the number of nodes or on anything else drawn."""
-    def draw(node: int) -> float:
-        rng = streams.generator(seed, Stream.SPEED, node)
-        if cfg.distribution == "uniform":
-            return rng.uniform(1 - cfg.spread, 1 + cfg.spread)
-        if cfg.distribution == "lognormal":
-            return rng.lognormal(-cfg.spread ** 2 / 2, cfg.spread)   # E = exp(μ + σ²/2) = 1
-        if cfg.distribution == "exponential":
-            return rng.exponential(1.0)
-        return 1.0
-
-    return np.maximum([draw(node) for node in range(num_nodes)], _MIN_FACTOR)
 
 
 def _restored(state: dict) -> np.random.Generator:
@@ -89,7 +72,7 @@ class AsyncSimEngine(InProcessEngine):
         self.graph = experiment.topology.graph(1)      # asynchronous algorithms gossip over a fixed graph
         self.links = GraphLinks(self.graph, cfg.network, cfg.seed)
         self.window = cfg.compute.mean_s
-        self.durations = cfg.compute.mean_s * speed_factors(cfg.compute, cfg.seed, n)
+        self.durations = training_times(cfg.compute, cfg.seed, n)
         self._peers = [streams.generator(cfg.seed, Stream.PEERS, node) for node in ids]
         self._lossy = bool(self.links.model.loss.any())
         self._loss_draws: list[tuple[int, np.random.Generator] | None] = [None] * n  # (trainings, stream)

@@ -150,8 +150,17 @@ class Worker(NodeHost):
 
     # RoundContext
     def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
+        """Local training; with emulated compute the worker then sleeps so that the training
+        took as long, relative to the fastest node of the run, as its slowest node here."""
         t0 = time.perf_counter()
-        loss = self.trainer.train(nodes, self.present(nodes, active), **how)
+        active = self.present(nodes, active)
+        loss = self.trainer.train(nodes, active, **how)
+        took = time.perf_counter() - t0
+        times = self.experiment.training_times
+        if times is not None:
+            trained = nodes.ids.numpy() if active is None else nodes.ids[active].numpy()
+            if len(trained):
+                time.sleep(took * (times[trained].max() / times.min() - 1))
         self.times["train_time_s"] += time.perf_counter() - t0
         return loss
 

@@ -98,15 +98,17 @@ class RoundGraph:
     def mixing(self) -> sp.csr_matrix:
         return (self.weights + sp.diags(self.self_weight)).tocsr()
 
-    def without(self, absent: np.ndarray) -> "RoundGraph":
-        """This graph with the ``absent`` nodes (a bool mask) gone: their links dropped, and each
-        receiver that lost some rescaling what is left of its row (its own weight included) to
-        sum to one, as a receiver does for lost messages (``engines.network.renormalized``);
-        an absent node, or one left with no weight, keeps only itself (w_ii = 1)."""
-        if not absent.any():
+    def without(self, absent: np.ndarray, silent: np.ndarray | None = None) -> "RoundGraph":
+        """This graph with the ``absent`` nodes (a bool mask) gone and the ``silent`` ones'
+        messages dropped: their links removed, and each receiver that lost some rescaling what
+        is left of its row (its own weight included) to sum to one, as a receiver does for lost
+        messages (``engines.network.renormalized``); an absent node, or one left with no
+        weight, keeps only itself (w_ii = 1)."""
+        gone = absent if silent is None else absent | silent
+        if not gone.any():
             return self
         w, receivers = self.weights, self.receivers
-        keep = ~(absent[receivers] | absent[w.indices])
+        keep = ~(absent[receivers] | gone[w.indices])
         n = self.num_nodes
         total = self.self_weight + np.bincount(receivers[keep], weights=w.data[keep], minlength=n)
         complete = np.bincount(receivers, weights=~keep, minlength=n) == 0
@@ -152,10 +154,12 @@ class TopologySchedule:
         self._base = base
         self._last: tuple[int, RoundGraph] | None = None
         self.availability = None   # with churn (dynamics.Availability): each round's graph keeps who is online
+        self.late: np.ndarray | None = None   # with a round deadline: the nodes whose messages never make it
 
-    def set_availability(self, availability) -> None:
-        """From now on, rounds' graphs (and ``restrict``) leave out the nodes offline in them."""
-        self.availability, self._last = availability, None
+    def set_dynamics(self, availability=None, late: np.ndarray | None = None) -> None:
+        """From now on, rounds' graphs (and ``restrict``) leave out the nodes offline in them
+        and the messages of the ``late`` nodes."""
+        self.availability, self.late, self._last = availability, late if late is not None and late.any() else None, None
 
     def phase(self, rnd: int):
         """(index, settings) of the phase round ``rnd`` belongs to."""
@@ -169,7 +173,7 @@ class TopologySchedule:
     def static(self) -> bool:
         """True when every round uses the same graph."""
         return len(self.phases) == 1 and not self._changes(self.phases[0][1]) and not self.cfg.topology.final_average \
-            and self.availability is None
+            and self.availability is None and self.late is None
 
     @staticmethod
     def _changes(phase) -> bool:
@@ -185,10 +189,12 @@ class TopologySchedule:
         return graph
 
     def restrict(self, graph: RoundGraph, rnd: int) -> RoundGraph:
-        """``graph`` (a round's, or an algorithm's own) without the nodes offline in round ``rnd``."""
-        if self.availability is None:
+        """``graph`` (a round's, or an algorithm's own) without the nodes offline in round
+        ``rnd`` and the late nodes' messages."""
+        if self.availability is None and self.late is None:
             return graph
-        return graph.without(~self.availability.online(rnd))
+        absent = ~self.availability.online(rnd) if self.availability is not None else np.zeros(self.n, dtype=bool)
+        return graph.without(absent, self.late)
 
     def _build(self, rnd: int) -> RoundGraph:
         if self.cfg.topology.final_average and rnd == self.cfg.rounds:
