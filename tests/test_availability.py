@@ -154,3 +154,28 @@ def test_configs_churn_cannot_run_are_refused():
                      sharing={"name": "choco", "options": {"compressor": {"name": "topk"}}})
     with pytest.raises(ConfigError, match="does not exist"):
         small_config(availability={"model": "trace", "file": "/nonexistent/trace.csv"})
+
+
+@pytest.mark.parametrize("algorithm", ["gossip", "adpsgd"])
+def test_asynchronous_algorithms_under_churn(tmp_path, algorithm):
+    """On the asynchronous simulator an offline node starts no training and sends nothing, and
+    what is sent to it is lost; a node gone for the whole run keeps its initial model. Nobody
+    leaving changes nothing."""
+    from meshlearn.config import load_config
+
+    base = ["nodes=8", "rounds=6", "evaluation.every=3", f"algorithm.name={algorithm!r}"]
+    run_experiment(load_config("examples/async_gossip.toml", base), tmp_path / "plain")
+    run_experiment(load_config("examples/async_gossip.toml", base + ["availability.model='bernoulli'",
+                                                                     "availability.online_probability=1.0"]),
+                   tmp_path / "everyone")
+    assert all(torch.equal(a, b) for a, b in zip(models(tmp_path / "plain").values(),
+                                                 models(tmp_path / "everyone").values()))
+    gone = trace(tmp_path, "node,offline_from,online_from\n3,1,\n")
+    cfg = load_config("examples/async_gossip.toml", base + ["availability.model='trace'", f"availability.file={gone!r}"])
+    result = run_experiment(cfg, tmp_path / "churn")
+    final = {r["node"]: r for r in json.loads((tmp_path / "churn" / "nodes_final.json").read_text())}
+    assert (final[3]["updates"], final[3]["bytes_sent"], final[3]["rounds_online"]) == (0, 0, 0)
+    assert final[2]["updates"] > 0 and result["final"]["online_nodes"] == 7
+    initial = Experiment.build(cfg).initial_params([3])[0]
+    flat = torch.cat([t[3].reshape(-1) for t in models(tmp_path / "churn").values()])
+    assert torch.equal(flat, initial)

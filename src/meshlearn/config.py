@@ -619,13 +619,10 @@ class ExperimentConfig(_Section):
 
     def _check_availability(self) -> None:
         """Churn changes each round's graph and weights: schemes that keep state about fixed
-        neighbours cannot follow, and the asynchronous simulator has no rounds to apply it to."""
+        neighbours cannot follow."""
         if not self.availability.enabled:
             return
         what = f"availability.model = {self.availability.model!r}"
-        if self.algorithm.implementation().asynchronous:
-            raise ValueError(f"{what} applies to round-based algorithms; algorithm.name = {self.algorithm.name!r} "
-                             "is asynchronous: use availability.model = 'always'")
         if self.sharing.implementation().static_graph:
             raise ValueError(f"{what} changes every round's neighbours and weights, and sharing.name = "
                              f"{self.sharing.name!r} keeps state about fixed neighbours: use another sharing "

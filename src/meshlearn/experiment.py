@@ -73,9 +73,10 @@ class Experiment:
             availability = times = None
             if cfg.availability.enabled:
                 availability = Availability(cfg.availability, cfg.nodes, cfg.seed, always_online=(0,) if server else ())
-            if cfg.compute.emulated and not cfg.algorithm.implementation().asynchronous:
-                times = training_times(cfg.compute, cfg.seed, cfg.nodes)
-            schedule.set_dynamics(availability, late(cfg.compute, times) if times is not None else None)
+            if not cfg.algorithm.implementation().asynchronous:   # the asynchronous simulator applies both itself
+                if cfg.compute.emulated:
+                    times = training_times(cfg.compute, cfg.seed, cfg.nodes)
+                schedule.set_dynamics(availability, late(cfg.compute, times) if times is not None else None)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)

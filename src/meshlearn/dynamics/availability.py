@@ -35,7 +35,7 @@ class Availability:
     def __init__(self, cfg, num_nodes: int, seed: int, always_online: tuple[int, ...] = ()):
         self.cfg, self.n, self.seed = cfg, num_nodes, seed
         self.always_online = np.asarray(always_online, dtype=np.int64)
-        self._last: tuple[int, np.ndarray] | None = None
+        self._recent: dict[int, np.ndarray] = {}   # the masks of the last rounds asked for
         self._spells: dict[int, _Spells] = {}   # sessions: each node's spells drawn so far
         self.periods: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # (node, from, until) offline
         if cfg.model == "trace":
@@ -43,12 +43,18 @@ class Availability:
 
     def online(self, rnd: int) -> np.ndarray:
         """(N,) bool: who is online in round ``rnd`` (round 0, the initial evaluation: everyone)."""
-        if self._last is not None and self._last[0] == rnd:
-            return self._last[1]
-        mask = np.ones(self.n, dtype=bool) if rnd < 1 else self._draw(rnd)
-        mask[self.always_online] = True
-        self._last = (rnd, mask)
+        mask = self._recent.get(rnd)
+        if mask is None:
+            mask = np.ones(self.n, dtype=bool) if rnd < 1 else self._draw(rnd)
+            mask[self.always_online] = True
+            if len(self._recent) >= 64:   # the asynchronous simulator looks a few windows ahead
+                self._recent.clear()
+            self._recent[rnd] = mask
         return mask
+
+    def next_online(self, node: int, rnd: int, last: int) -> int | None:
+        """The first round from ``rnd`` to ``last`` in which ``node`` is online (None: none)."""
+        return next((r for r in range(rnd, last + 1) if self.online(r)[node]), None)
 
     def _draw(self, rnd: int) -> np.ndarray:
         model = self.cfg.model

@@ -28,6 +28,7 @@ receiver. The runner still sees rounds: round r is the window of virtual time
 from __future__ import annotations
 
 import heapq
+import math
 import time
 
 import numpy as np
@@ -90,6 +91,7 @@ class AsyncSimEngine(InProcessEngine):
         self._now = 0.0
         self._rnd = 0
         self._headers: dict[tuple, tuple[int, int]] = {}
+        self.availability = experiment.availability   # churn: who is online in each window
 
     # Engine
     def step(self, rnd: int) -> RoundReport:
@@ -97,6 +99,10 @@ class AsyncSimEngine(InProcessEngine):
         if rnd > 0:
             t0 = time.perf_counter()
             self._rnd, self._headers = rnd, {}   # messages of this window carry its number
+            if self.availability is not None:
+                here = self.availability.online(rnd)
+                self.counters["online"][:] = here
+                self.counters["rounds_online"] += here
             handlers = {_BEGIN: self._begin, _TRAINED: self._trained, _ARRIVE: self._arrive}
             end = (rnd + _SLACK) * self.window
             while self._queue and self._queue[0][0] <= end:
@@ -173,7 +179,8 @@ class AsyncSimEngine(InProcessEngine):
     def exchange(self, src: int, dst: int, request: Payload, reply: Payload, kind: str = "model") -> bool:
         there, back = self._link(src, dst), self._link(dst, src)
         wait = self._delay(there, self._charge(src, there, request, kind))
-        if self._lost(src, there):
+        lost = self._lost(src, there)
+        if lost or not self._online(dst, self._now):   # an offline peer hears nothing
             self.messages_lost[dst] += 1
             self.wait(src, wait)
             return False
@@ -194,8 +201,21 @@ class AsyncSimEngine(InProcessEngine):
         heapq.heappush(self._queue, (at, node, self._seq, kind, data))
         self._seq += 1
 
+    def _online(self, node: int, at: float) -> bool:
+        """Whether ``node`` is online at virtual time ``at`` (in the window of round ⌈at / mean_s⌉)."""
+        return self.availability is None or bool(self.availability.online(self._window_of(at))[node])
+
+    def _window_of(self, at: float) -> int:
+        return max(1, math.ceil(at / self.window - _SLACK))
+
     def _begin(self, at: float, i: int, _=None) -> None:
-        """Node i starts a local training on a snapshot of its model; it ends after its duration."""
+        """Node i starts a local training on a snapshot of its model; it ends after its duration.
+        An offline node starts its next one when its next online window begins."""
+        if not self._online(i, at):
+            back = self.availability.next_online(i, self._window_of(at), self.experiment.config.rounds)
+            if back is not None:
+                self._push((back - 1 + 2 * _SLACK) * self.window, i, _BEGIN)
+            return
         self.pending[i] = self.nodes.params[i]
         self._uncomputed[i] = True
         self._push(at + self.durations[i], i, _TRAINED)
@@ -216,6 +236,10 @@ class AsyncSimEngine(InProcessEngine):
     def _trained(self, at: float, i: int, _=None) -> None:
         """Node i's training ends: apply its update, let the algorithm act, then train again
         (once every wait of node i is over)."""
+        if not self._online(i, at):   # it left while training: the work is lost, nothing is sent
+            self._uncomputed[i] = False
+            self._push(at, i, _BEGIN)
+            return
         if self._uncomputed[i]:
             self._compute_trainings()
         self.nodes.params[i] += self.pending[i]
@@ -225,6 +249,9 @@ class AsyncSimEngine(InProcessEngine):
         self._push(max(at, float(self._ready[i])), i, _BEGIN)
 
     def _arrive(self, at: float, j: int, message: Message) -> None:
+        if not self._online(j, at):   # nobody there to receive it
+            self.messages_lost[j] += 1
+            return
         self.algorithm.on_message(j, message, self)
 
     # messages
