@@ -4,8 +4,9 @@ A node's speed is drawn once from (seed, node) and scaled by the classes it is i
 not depend on the number of nodes, the engine or anything else drawn. The asynchronous
 simulator orders its events by these times; the round-based engines use them when
 ``compute.emulated``: ``sim``'s virtual clock charges each round its slowest participant,
-``processes`` and ``ray`` make a worker sleep in proportion (``Worker.train``), and with a
-deadline the late nodes' messages are dropped (``late``).
+``processes`` and ``ray`` make a worker sleep in proportion to its slowest node's time over
+``mean_s`` (``Worker.train``), and with a deadline the late nodes' messages are dropped
+(``late``).
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ class Worker(NodeHost):
     # RoundContext
     def train(self, nodes: NodeBatch, active: torch.Tensor | None = None, **how) -> torch.Tensor:
         """Local training; with emulated compute the worker then sleeps so that the training
-        took as long, relative to the fastest node of the run, as its slowest node here."""
+        took as long, relative to a node of mean speed (``compute.mean_s``, taken as the real
+        speed), as its slowest node here (faster nodes cannot be sped up)."""
         t0 = time.perf_counter()
         active = self.present(nodes, active)
         loss = self.trainer.train(nodes, active, **how)
@@ -160,7 +161,7 @@ class Worker(NodeHost):
         if times is not None:
             trained = nodes.ids.numpy() if active is None else nodes.ids[active].numpy()
             if len(trained):
-                time.sleep(took * (times[trained].max() / times.min() - 1))
+                time.sleep(took * max(0.0, times[trained].max() / self.experiment.config.compute.mean_s - 1))
         self.times["train_time_s"] += time.perf_counter() - t0
         return loss
 
