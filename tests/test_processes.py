@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -239,8 +240,8 @@ def test_multi_machine_run_merges_to_the_sim_result(tmp_path):
     `meshlearn merge` of their run directories gives the simulator's curve and bytes."""
     cfg = small_config(nodes=8, rounds=3, engine__timeout_s=120)
     config = write_config(tmp_path / "exp.toml", cfg)
-    port0 = free_ports(3)   # machine 0's worker on port0, machine 1's two on port0 + 1 and port0 + 2
-    port1 = port0 + 1
+    port0 = free_ports(5)   # machine 0: worker on port0, heartbeats on port0 + 1; machine 1: from port0 + 2
+    port1 = port0 + 2
     hosts = tmp_path / "hosts.toml"
     hosts.write_text(f'base_port = {port0}\n\n[[machines]]\nid = 0\naddress = "127.0.0.1"\nworkers = 1\n\n'
                      f'[[machines]]\nid = 1\naddress = "127.0.0.1"\nworkers = 2\nport = {port1}\n')
@@ -285,6 +286,46 @@ def test_multi_machine_run_merges_to_the_sim_result(tmp_path):
     assert all(s["secure"] for s in summaries)
     assert len(summary["workers"]) == 3 and summary["failures"] == []
     assert summary["bytes_sent_per_node"] == json.loads((sim_out / "summary.json").read_text())["bytes_sent_per_node"]
+
+
+def test_a_lost_machine_is_noticed_within_seconds(tmp_path):
+    """Machine 1's launcher and workers are killed mid-run: machine 0 hears its heartbeats stop,
+    takes its workers as gone, and finishes the remaining rounds in seconds, although each
+    round would otherwise wait engine.timeout_s (60 s) for their messages."""
+    cfg = small_config(nodes=8, rounds=20, evaluation__every=1, engine__timeout_s=60, network__latency_ms=50)
+    config = write_config(tmp_path / "exp.toml", cfg)
+    port0 = free_ports(5)
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'base_port = {port0}\n\n[[machines]]\nid = 0\naddress = "127.0.0.1"\nworkers = 1\n\n'
+                     f'[[machines]]\nid = 1\naddress = "127.0.0.1"\nworkers = 2\nport = {port0 + 2}\n')
+    assert main(["keys", str(hosts), "--out", str(tmp_path / "keys")]) == 0
+    outs = [tmp_path / f"m{k}" for k in (0, 1)]
+    procs = [subprocess.Popen(cli("node", str(config), "--hosts", str(hosts), "--machine-id", str(k),
+                                  "--out", str(outs[k]), "--no-progress", "--keys", str(tmp_path / "keys")),
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+             for k in (0, 1)]
+    try:
+        deadline = time.monotonic() + 120
+        rounds = outs[0] / "rounds.jsonl"
+        while time.monotonic() < deadline and not (rounds.exists() and len(read_jsonl(rounds)) > 5):
+            assert procs[0].poll() is None, procs[0].stderr.read()
+            time.sleep(0.05)
+        os.killpg(procs[1].pid, signal.SIGKILL)   # the whole machine: launcher and workers
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=60)
+        after = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert procs[0].returncode == 0, err
+    summary = json.loads((outs[0] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["machines_lost"] == [1]
+    assert sorted(f["worker"] for f in summary["remote_failures"]) == [1, 2]
+    assert after < 25, f"the remaining rounds took {after:.0f} s"
+    assert "machine 1 fell silent" in err
 
 
 # hostile and malformed messages

@@ -15,7 +15,9 @@ workers = 4
 port = 48000               # this machine's own base port (optional)
 ```
 Workers are numbered machine by machine in id order, and nodes are split over all workers
-in contiguous blocks, so every machine derives the same plan from the same file.
+in contiguous blocks, so every machine derives the same plan from the same file. A machine
+uses its base port + k for its worker k and the port after its workers' for its launcher's
+heartbeats (``engines.heartbeats``): keep those ports free and reachable.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class Hosts(BaseModel):
                 out[k] = f"tcp://{m.address}:{(m.port or self.base_port) + local}"
                 k += 1
         return out
+
+    def heartbeat_address(self, machine_id: int) -> str:
+        """Where a machine's launcher publishes its heartbeats: the port after its workers'."""
+        m = self.machine(machine_id)
+        return f"tcp://{m.address}:{(m.port or self.base_port) + m.workers}"
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()

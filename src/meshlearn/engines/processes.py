@@ -25,6 +25,7 @@ import zmq
 
 from meshlearn import plugins
 from meshlearn.config import ConfigError
+from meshlearn.engines.heartbeats import Heartbeats
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.ray_actor import RayHandle, import_ray
 from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Credentials, Keys, read_machine_keys, serve_securely
@@ -82,6 +83,7 @@ class ProcessesEngine:
         self.launcher_keys = Keys.new() if self.secure else None
         self.data_keys, self.peers, self.peer_keys = self.keys, list(range(total)), \
             {k: pair.public for k, pair in self.keys.items()}
+        self.machine_keys: Keys | None = None   # this machine's pair (secure multi-machine runs)
         if self.secure and hosts is not None:
             if keys is None:
                 raise ConfigError("a multi-machine run authenticates its machines: create their keys with "
@@ -95,6 +97,10 @@ class ProcessesEngine:
                 raise ConfigError(str(exc)) from None
             self.data_keys = {k: own for k in self.local}
             self.peers = [m.id for m in hosts.machines for _ in range(m.workers)]
+            self.machine_keys = own
+        self.hosts, self.machine_id = hosts, machine_id
+        self.heartbeats: Heartbeats | None = None     # a share of a multi-machine run: the other machines' news
+        self.remote_failures: dict[int, dict] = {}    # workers of other machines known to have failed
         self.allow: AllowList | None = None
         self.forged = 0   # control messages whose key is not the worker they name
         self.threads = cfg.engine.threads or max(1, (os.cpu_count() or 1) // len(self.local))
@@ -144,6 +150,8 @@ class ProcessesEngine:
             ready[k] = msg["address"]
             keys.update(msg.get("keys") or {})
 
+        if self.hosts is not None and len(self.hosts.machines) > 1:
+            self.heartbeats = Heartbeats(self.hosts, self.machine_id, self.machine_keys, self.peer_keys)
         self._handshake("ready", on_ready)
         self.book = book = self.static_book or ready   # each worker's data address
         start = {"kind": "start", "book": {str(k): v for k, v in book.items()}, "owner": self.owner.tolist(),
@@ -219,6 +227,8 @@ class ProcessesEngine:
             self.control.close()
         if self.allow is not None:
             self.allow.stop()
+        if self.heartbeats is not None:
+            self.heartbeats.close(sorted(self.failures))
         self.context.term()
         workers = [{"worker": k, "nodes": len(self.assignment[k]), **self.done.get(k, {})} for k in self.local]
         for row in workers:
@@ -226,6 +236,8 @@ class ProcessesEngine:
         launcher_rss = peak_rss_bytes()
         return {
             "placement": self.placement, "workers": workers, "failures": list(self.failures.values()),
+            **({"remote_failures": list(self.remote_failures.values()),
+                "machines_lost": sorted(self.heartbeats.lost)} if self.heartbeats is not None else {}),
             "secure": self.secure, "control_messages_rejected": self.forged,
             "connections_refused": (self.allow.denied if self.allow is not None else 0)
             + sum(w.get("connections_refused", 0) for w in workers),
@@ -341,7 +353,26 @@ class ProcessesEngine:
             code = self.handles[k].exit_code()
             if code is not None and k not in self.done:
                 self._fail(k, f"exited with code {code}" + (" (killed)" if code < 0 else ""))
+        if self.heartbeats is not None:
+            self._hear_other_machines()
         return count
+
+    def _hear_other_machines(self) -> None:
+        """Tell the other machines this one is alive, and the local workers which workers of
+        other machines have failed or were lost with their machine."""
+        self.heartbeats.beat(sorted(self.failures))
+        failed, lost = self.heartbeats.listen()
+        new = sorted(set(failed) - set(self.remote_failures))
+        for m in lost:
+            print(f"meshlearn: machine {m} fell silent: its workers are taken as gone", file=sys.stderr)
+        for k in new:
+            self.remote_failures[k] = {"worker": k, "nodes": self.assignment[k], "last_round_reported": self._last_round,
+                                       "reason": "its machine fell silent" if any(k in self.hosts.workers_of(m)
+                                                                                  for m in lost)
+                                       else "failed on its machine"}
+        if new:
+            for k in self._alive():
+                self._send(k, {"kind": "down", "workers": new})
 
     def _fail(self, k: int, reason: str, detail: str | None = None) -> None:
         if k in self.failures:
