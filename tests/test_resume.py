@@ -170,6 +170,25 @@ def test_sigterm_on_sim_checkpoints_the_round_it_ends(tmp_path):
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
+def test_sigterm_on_processes_goes_on_to_a_checkpoint(tmp_path):
+    """On worker processes the launcher asks for the workers' state a few rounds ahead, saves
+    it, then stops; resuming gives the uninterrupted run's models."""
+    cfg = small_config(rounds=12, evaluation__every=1, engine={"name": "processes", "workers": 2, "threads": 1})
+
+    def sigterm_at_round_3(rnd, record):
+        if rnd == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted):
+        run_experiment(cfg, tmp_path / "run", on_round=sigterm_at_round_3)
+    result = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert result["status"] == "interrupted" and 3 < result["checkpoint_round"] == result["rounds_completed"] < 12
+    assert resume_run(tmp_path / "run")["status"] == "completed"
+    run_experiment(cfg, tmp_path / "whole")
+    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(tmp_path / "run" / "models.safetensors")
+    assert max(float((a[name] - b[name]).abs().max()) for name in a) <= 1e-6
+
+
 def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
     """A finished run, a run without a checkpoint, and a damaged checkpoint: exit 2 and a
     message that says why, never a traceback."""

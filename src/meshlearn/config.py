@@ -558,7 +558,7 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="when a run saves the "
-                                         "state `meshlearn resume` continues from (also on Ctrl-C/SIGTERM in sim)")
+                                         "state `meshlearn resume` continues from (also when Ctrl-C or SIGTERM stops it)")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     availability: AvailabilityConfig = Field(default_factory=AvailabilityConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)

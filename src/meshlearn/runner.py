@@ -55,8 +55,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path,
     ``processes``). A directory that holds a run already is refused unless ``overwrite``;
     with ``resume`` the run in it continues from its latest checkpoint (``resume_run``).
     SIGTERM and SIGHUP stop the run like Ctrl-C (``RunInterrupted``, a ``KeyboardInterrupt``),
-    so its summary records how it ended; on the simulators the round in progress ends first
-    and the run checkpoints (a second signal stops it at once). The caller's signal handlers,
+    so its summary records how it ended; the run first goes on to its next checkpoint (the
+    simulators: the round in progress; worker processes: a few rounds) unless a second signal
+    stops it at once. The caller's signal handlers,
     torch threads and global random generators are left as they were, so a run inside a
     notebook or a larger program changes nothing around it.
     """
@@ -107,8 +108,8 @@ def _signals_interrupt(stop: _StopRequest) -> Iterator[None]:
         name = signal.Signals(signum).name
         if stop.deferring and stop.signal is None:
             stop.signal = name
-            print(f"meshlearn: {name}: ending the round in progress to save a checkpoint (send it again to stop "
-                  "now)", file=sys.stderr)
+            print(f"meshlearn: {name}: stopping once a checkpoint is saved, after a round or a few (send it again "
+                  "to stop now)", file=sys.stderr)
             return
         if not fired:   # once: a second signal must not cut short the closing of the run
             fired.append(signum)
@@ -181,7 +182,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         engine.start()
         summary["setup_time_s"] = time.time() - started
         writer.write_json("summary.json", summary)
-        stop.deferring = getattr(engine, "stops_between_rounds", False)
+        stop.deferring = engine.checkpointable
         for rnd in range(first, cfg.rounds + 1):
             report = engine.step(rnd)
             summary["rounds_completed"] = rnd
@@ -204,9 +205,9 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
                 if cfg.evaluation.stop_on_divergence:
                     break
             if 0 < rnd < cfg.rounds:
-                checkpoints.after_round(rnd, summary, now=stop.signal is not None)
-            if stop.signal is not None:
-                raise RunInterrupted(stop.signal)
+                saved = checkpoints.after_round(rnd, summary, now=stop.signal is not None)
+                if stop.signal is not None and (saved or not engine.checkpointable):
+                    raise RunInterrupted(stop.signal)
         if diverged is not None and cfg.evaluation.stop_on_divergence:
             summary["status"] = "diverged"
         else:
@@ -277,15 +278,18 @@ class _Checkpoints:
         self.out_dir, self.engine, self.meta = out_dir, engine, meta
         self.last = time.monotonic()
 
-    def after_round(self, rnd: int, summary: dict[str, Any], now: bool = False) -> None:
+    def after_round(self, rnd: int, summary: dict[str, Any], now: bool = False) -> bool:
+        """Save a checkpoint after round ``rnd`` if one is due (or ``now``) and the engine has
+        it; True if saved."""
         due = now or (rnd % self.every == 0 if self.every else time.monotonic() - self.last >= self.every_s)
         hosts = self.engine.checkpoint(rnd, due)
         if hosts is None:
-            return
+            return False
         summary["checkpoint_round"] = rnd
         run = {**self.meta, "round": rnd, "hosts": sorted(hosts), "summary": clean_json(summary)}
         save_checkpoint(self.out_dir, run, hosts)
         self.last = time.monotonic()
+        return True
 
 
 def diverged_nodes(engine, report: RoundReport) -> int:

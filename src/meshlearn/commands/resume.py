@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "resume", help="continue an interrupted or killed run from its checkpoint",
         description="Continue the run in RUN_DIR from its latest checkpoint (RUN_DIR/checkpoint, written as "
-                    "[checkpoint] asks and when a simulated run is stopped by Ctrl-C or SIGTERM), with the config "
+                    "[checkpoint] asks and when a run is stopped by Ctrl-C or SIGTERM), with the config "
                     "and engine it was started with. Records of rounds after the checkpoint are played again.",
         epilog="example: meshlearn resume runs/quickstart-20261204-101500")
     parser.add_argument("run_dir", help="the run directory of the run to continue")

@@ -127,7 +127,8 @@ class InProcessEngine(NodeHost):
     """An engine that hosts every node in this process (the simulators): its state is at hand
     between rounds, so a stop signal lets the round in progress end and the run checkpoint."""
 
-    stops_between_rounds = True
+    checkpointable = True
+    """It can save a checkpoint (the networked engines: unless a worker failed or the run spans machines)."""
 
     def start(self) -> None:
         """Nothing to launch: every node lives in this process."""

@@ -178,18 +178,24 @@ class ProcessesEngine:
             self._keep_models(reports)
         return self._merge(rnd, reports)
 
+    @property
+    def checkpointable(self) -> bool:
+        """Whether a checkpoint can be taken: not once a worker has failed, nor by a launcher
+        that sees only its share of a multi-machine run."""
+        return self.static_book is None and not self.failures
+
     def checkpoint(self, rnd: int, due: bool) -> dict[int, bytes] | None:
         """Every worker's encoded state after round ``rnd`` if they sent it with that round
         (at ``checkpoint.every`` rounds, or the round a ``due`` checkpoint was asked for, a few
-        rounds ahead since workers run ahead of the launcher). None while some are missing,
-        a worker has failed, or the run spans machines (each launcher sees only its share)."""
-        if self.static_book is not None or self.failures:
+        rounds ahead since workers run ahead of the launcher). None while some are missing or
+        when not ``checkpointable``."""
+        if not self.checkpointable:
             return None
         if len(self.states) == len(self.local):
             return dict(self.states)
         if self.requested is not None and rnd >= self.requested:
             self.requested = None   # a worker read the request too late: ask again
-        if due and self.requested is None and not self.experiment.config.checkpoint.every:
+        if due and self.requested is None:
             ahead = max([rnd, *self.reports]) + 3
             if ahead < self.experiment.config.rounds:
                 self.requested = ahead
