@@ -179,3 +179,43 @@ def test_asynchronous_algorithms_under_churn(tmp_path, algorithm):
     initial = Experiment.build(cfg).initial_params([3])[0]
     flat = torch.cat([t[3].reshape(-1) for t in models(tmp_path / "churn").values()])
     assert torch.equal(flat, initial)
+
+
+def test_fedscale_trace_converts_to_offline_periods(tmp_path):
+    """A FedScale availability pickle (active/inactive seconds, repeating every finish_time)
+    becomes the gaps between active periods, and runs as a trace in seconds."""
+    import pickle
+
+    from meshlearn.dynamics.fedscale import main as convert_main
+
+    trace = {7: {"active": [10, 50], "inactive": [30, 80], "finish_time": 100, "duration": 70, "model": "x"},
+             3: {"active": [0], "inactive": [1000], "finish_time": 1000},
+             9: {"active": [20], "inactive": [40], "finish_time": 60}}
+    source = tmp_path / "client_behave_trace"
+    source.write_bytes(pickle.dumps(trace, protocol=4))
+    out = tmp_path / "trace.csv"
+    assert convert_main([str(source), "--nodes", "2", "--horizon-s", "150", "--out", str(out)]) == 0
+    # clients by id: 3 (always active) is node 0, 7 is node 1
+    assert out.read_text().splitlines() == ["node,offline_from,online_from", "1,0,10", "1,30,50", "1,80,110",
+                                            "1,130,"]
+    cfg = AvailabilityConfig(model="trace", file=str(out), unit="seconds", round_s=10)
+    av = Availability(cfg, 2, seed=0)
+    assert [r for r in range(1, 16) if not av.online(r)[1]] == [1, 4, 5, 9, 10, 11, 14, 15]
+    assert all(av.online(r)[0] for r in range(1, 16))
+
+
+def test_fedscale_conversion_runs_no_code(tmp_path, capsys):
+    """A pickle that names a global (here os.system) is refused, naming the file."""
+    import os
+    import pickle
+
+    from meshlearn.dynamics.fedscale import main as convert_main
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    source = tmp_path / "evil"
+    source.write_bytes(pickle.dumps({1: Evil()}))
+    assert convert_main([str(source), "--nodes", "1", "--horizon-s", "10", "--out", str(tmp_path / "t.csv")]) == 2
+    assert "not a FedScale availability trace" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
