@@ -219,3 +219,42 @@ def test_fedscale_conversion_runs_no_code(tmp_path, capsys):
     source.write_bytes(pickle.dumps({1: Evil()}))
     assert convert_main([str(source), "--nodes", "1", "--horizon-s", "10", "--out", str(tmp_path / "t.csv")]) == 2
     assert "not a FedScale availability trace" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+
+
+def test_returning_node_can_pull_a_neighbours_model(tmp_path, monkeypatch):
+    """With on_return = 'pull', node 2, back in round 6, starts it from the model its chosen
+    online neighbour had after round 5; the engines agree on it, bytes included."""
+    from meshlearn.engines.host import NodeHost
+
+    availability = {"model": "trace", "file": trace(tmp_path, "node,offline_from,online_from\n2,3,6\n"),
+                    "on_return": "pull"}
+    after, pulled = {}, {}
+    original_round, original_pull = NodeHost.play_round, NodeHost.pull_on_return
+
+    def play_round(self, rnd):
+        loss = original_round(self, rnd)
+        after[rnd] = self.nodes.params.clone()
+        return loss
+
+    def pull_on_return(self, rnd):
+        sources = original_pull(self, rnd)
+        if sources:
+            pulled[rnd] = (sources, self.nodes.params.clone())
+        return sources
+
+    monkeypatch.setattr(NodeHost, "play_round", play_round)
+    monkeypatch.setattr(NodeHost, "pull_on_return", pull_on_return)
+    sim = run_experiment(small_config(rounds=7, availability=availability), tmp_path / "sim")
+    assert list(pulled) == [6]   # the only return
+    sources, params = pulled[6]
+    assert list(sources) == [2] and sources[2] != 2
+    assert torch.equal(params[2], after[5][sources[2]])
+    stale = run_experiment(small_config(rounds=7, availability={**availability, "on_return": "stale"}),
+                           tmp_path / "stale")
+    assert sim["bytes_sent_per_node"] > stale["bytes_sent_per_node"]
+    monkeypatch.undo()
+    processes = run_experiment(small_config(rounds=7, availability=availability,
+                                            engine={"name": "processes", "workers": 3, "threads": 1}), tmp_path / "p")
+    a, b = models(tmp_path / "sim"), models(tmp_path / "p")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert sim["bytes_sent_per_node"] == processes["bytes_sent_per_node"]

@@ -530,6 +530,8 @@ class AvailabilityConfig(_Section):
     unit: Literal["rounds", "seconds"] = Field("rounds", description="trace: unit of offline_from/online_from")
     round_s: float = Field(1.0, gt=0, allow_inf_nan=False, description="trace with unit = 'seconds': seconds one "
                            "round lasts (round r covers [(r-1)·round_s, r·round_s))")
+    on_return: Literal["stale", "pull"] = Field("stale", description="a returning node goes on from its own stale "
+                                                "model, or first pulls the model of a random online neighbour")
 
     @model_validator(mode="after")
     def _trace_file(self) -> "AvailabilityConfig":

@@ -13,12 +13,13 @@ import time
 import numpy as np
 import torch
 
-from meshlearn import metrics
+from meshlearn import metrics, streams
 from meshlearn.byzantine.adversary import Adversary
 from meshlearn.checkpoint import CheckpointError, decode, encode
 from meshlearn.evaluation import Evaluation, Evaluator
 from meshlearn.nodes import NodeBatch
-from meshlearn.topology.schedule import TopologySchedule
+from meshlearn.streams import Stream
+from meshlearn.topology.schedule import RoundGraph, TopologySchedule
 
 __all__ = ["NodeHost", "InProcessEngine", "evaluate_if_due"]
 
@@ -65,6 +66,8 @@ class NodeHost:
         if self.experiment.availability is None:
             return self.algorithm.round(self.nodes, rnd, self)
         self.online = self.experiment.availability.online(rnd)
+        if self.experiment.config.availability.on_return == "pull":
+            self.pull_on_return(rnd)
         here = self.online[self.nodes.ids.numpy()]
         self.counters["online"][:] = here
         self.counters["rounds_online"] += here
@@ -76,6 +79,29 @@ class NodeHost:
             self.nodes.state[name][away] = rows
         loss[away] = float("nan")
         return loss
+
+    def pull_on_return(self, rnd: int) -> dict[int, int]:
+        """Nodes back online in round ``rnd`` first take the model of a random neighbour that
+        is online (one exchange, before the algorithm's round, on every host alike); returns
+        who pulled from whom."""
+        availability, seed = self.experiment.availability, self.experiment.config.seed
+        back = np.flatnonzero(availability.online(rnd) & ~availability.online(rnd - 1)) if rnd > 1 else []
+        graph, sources = self.graph(rnd), {}
+        for node in back:
+            senders = graph.senders_of(int(node))
+            if len(senders):
+                pick = streams.generator(seed, Stream.AVAILABILITY, int(node), rnd, 1).integers(len(senders))
+                sources[int(node)] = int(senders[pick])
+        if sources:
+            n = self.experiment.num_nodes
+            self_weight = np.ones(n)
+            self_weight[list(sources)] = 0.0
+            pull = RoundGraph.from_links(n, list(sources), list(sources.values()), np.ones(len(sources)), self_weight,
+                                         "pull on return")
+            inbox = self.exchange(self.nodes, {"params": self.nodes.params}, rnd, graph=pull)
+            received = inbox.weighted_sum(lambda payload: payload["params"])   # a lost pull keeps the own model
+            self.nodes.params.copy_(inbox.self_weight[:, None] * self.nodes.params + received)
+        return sources
 
     def present(self, nodes: NodeBatch, active: torch.Tensor | None) -> torch.Tensor | None:
         """``active`` (default: all of ``nodes``) less the nodes offline this round."""
