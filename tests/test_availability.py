@@ -152,6 +152,9 @@ def test_configs_churn_cannot_run_are_refused():
     with pytest.raises(ConfigError, match="keeps state about fixed neighbours"):
         small_config(availability={"model": "bernoulli"},
                      sharing={"name": "choco", "options": {"compressor": {"name": "topk"}}})
+    with pytest.raises(ConfigError, match="on_return = 'pull' applies to round-based algorithms"):
+        small_config(availability={"model": "bernoulli", "on_return": "pull"}, algorithm={"name": "gossip"},
+                     engine={"name": "sim"})
     with pytest.raises(ConfigError, match="does not exist"):
         small_config(availability={"model": "trace", "file": "/nonexistent/trace.csv"})
 

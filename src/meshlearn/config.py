@@ -625,6 +625,9 @@ class ExperimentConfig(_Section):
         if not self.availability.enabled:
             return
         what = f"availability.model = {self.availability.model!r}"
+        if self.availability.on_return == "pull" and self.algorithm.implementation().asynchronous:
+            raise ValueError(f"availability.on_return = 'pull' applies to round-based algorithms; algorithm.name = "
+                             f"{self.algorithm.name!r} is asynchronous: use on_return = 'stale'")
         if self.sharing.implementation().static_graph:
             raise ValueError(f"{what} changes every round's neighbours and weights, and sharing.name = "
                              f"{self.sharing.name!r} keeps state about fixed neighbours: use another sharing "
