@@ -103,6 +103,20 @@ def same_records(a: Path, b: Path) -> tuple[list, list]:
     return strip(read_jsonl(a / "rounds.jsonl")), strip(read_jsonl(b / "rounds.jsonl"))
 
 
+def model_difference(a: Path, b: Path) -> float:
+    """The largest difference between two runs' final models (0.0: bit for bit the same)."""
+    x, y = read_models(a / "models.safetensors"), read_models(b / "models.safetensors")
+    return max(float((x[name] - y[name]).abs().max()) for name in x)
+
+
+def sigterm_at(stop_round: int):
+    """An on_round hook that sends this process SIGTERM after round ``stop_round``."""
+    def hook(rnd, record):
+        if rnd == stop_round:
+            signal.raise_signal(signal.SIGTERM)
+    return hook
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_sim_run_killed_at_a_random_round_resumes_bit_identical(tmp_path, case):
     """D-PSGD, CHOCO-SGD (its public copies), top-k with error feedback (its residual), DP-SGD
@@ -117,8 +131,7 @@ def test_sim_run_killed_at_a_random_round_resumes_bit_identical(tmp_path, case):
     result = json.loads((out / "summary.json").read_text())
     assert result["status"] == "completed" and result["rounds_completed"] == ROUNDS
     assert result["resumed"][0]["from_round"] in (target - 1, target, target + 1)
-    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(out / "models.safetensors")
-    assert all(torch.equal(a[name], b[name]) for name in a), f"killed after round {target}"
+    assert model_difference(tmp_path / "whole", out) == 0.0, f"killed after round {target}"
     expected, got = same_records(tmp_path / "whole", out)
     assert got == expected and len(got) == ROUNDS + 1
     assert result["bytes_sent_per_node"] == whole["bytes_sent_per_node"]
@@ -147,46 +160,33 @@ def test_processes_run_killed_at_a_random_round_resumes_within_1e6(tmp_path):
     assert main(["resume", str(out), "--no-progress"]) == 0
     result = json.loads((out / "summary.json").read_text())
     assert result["status"] == "completed" and result["engine"] == "processes"
-    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(out / "models.safetensors")
-    assert max(float((a[name] - b[name]).abs().max()) for name in a) <= 1e-6, f"killed after round {target}"
+    assert model_difference(tmp_path / "whole", out) <= 1e-6, f"killed after round {target}"
 
 
 def test_sigterm_on_sim_checkpoints_the_round_it_ends(tmp_path):
     """A stop signal lets the round in progress end; the checkpoint is of that round, so
     nothing done before the signal is lost."""
     cfg = small_config(rounds=8, evaluation__every=1)   # checkpoint by time only (every 300 s): never by count here
-
-    def sigterm_at_round_3(rnd, record):
-        if rnd == 3:
-            signal.raise_signal(signal.SIGTERM)
-
     with pytest.raises(RunInterrupted):
-        run_experiment(cfg, tmp_path / "run", on_round=sigterm_at_round_3)
+        run_experiment(cfg, tmp_path / "run", on_round=sigterm_at(3))
     result = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (result["status"], result["rounds_completed"], result["checkpoint_round"]) == ("interrupted", 3, 3)
     resume_run(tmp_path / "run")
     run_experiment(cfg, tmp_path / "whole")
-    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(tmp_path / "run" / "models.safetensors")
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert model_difference(tmp_path / "whole", tmp_path / "run") == 0.0
 
 
 def test_sigterm_on_processes_goes_on_to_a_checkpoint(tmp_path):
     """On worker processes the launcher asks for the workers' state a few rounds ahead, saves
     it, then stops; resuming gives the uninterrupted run's models."""
     cfg = small_config(rounds=12, evaluation__every=1, engine={"name": "processes", "workers": 2, "threads": 1})
-
-    def sigterm_at_round_3(rnd, record):
-        if rnd == 3:
-            signal.raise_signal(signal.SIGTERM)
-
     with pytest.raises(RunInterrupted):
-        run_experiment(cfg, tmp_path / "run", on_round=sigterm_at_round_3)
+        run_experiment(cfg, tmp_path / "run", on_round=sigterm_at(3))
     result = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert result["status"] == "interrupted" and 3 < result["checkpoint_round"] == result["rounds_completed"] < 12
     assert resume_run(tmp_path / "run")["status"] == "completed"
     run_experiment(cfg, tmp_path / "whole")
-    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(tmp_path / "run" / "models.safetensors")
-    assert max(float((a[name] - b[name]).abs().max()) for name in a) <= 1e-6
+    assert model_difference(tmp_path / "whole", tmp_path / "run") <= 1e-6
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path, capsys):
@@ -244,7 +244,6 @@ def test_other_state_resumes_exactly(tmp_path, case):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path / "cut", on_round=stop_at_round_4)
     assert resume_run(tmp_path / "cut")["resumed"][0]["from_round"] == 3
-    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(tmp_path / "cut" / "models.safetensors")
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert model_difference(tmp_path / "whole", tmp_path / "cut") == 0.0
     expected, got = same_records(tmp_path / "whole", tmp_path / "cut")
     assert got == expected
