@@ -23,6 +23,9 @@ number of trainings): the k-th message a node sends after a training takes the k
 the reply of an ``exchange`` the requester's next one. A lost message is counted at its
 receiver. The runner still sees rounds: round r is the window of virtual time
 ((r − 1) × mean_s, r × mean_s], and ``step(r)`` plays its events.
+
+Under churn (``[availability]``, per window) an offline node starts no training until its
+next online window, a training that ends after it left is lost, and what reaches it is lost.
 """
 
 from __future__ import annotations
@@ -179,8 +182,8 @@ class AsyncSimEngine(InProcessEngine):
     def exchange(self, src: int, dst: int, request: Payload, reply: Payload, kind: str = "model") -> bool:
         there, back = self._link(src, dst), self._link(dst, src)
         wait = self._delay(there, self._charge(src, there, request, kind))
-        lost = self._lost(src, there)
-        if lost or not self._online(dst, self._now):   # an offline peer hears nothing
+        lost = self._lost(src, there)   # drawn even for an offline peer, so churn leaves the loss stream as it is
+        if lost or not self._online(dst, self._now):
             self.messages_lost[dst] += 1
             self.wait(src, wait)
             return False
