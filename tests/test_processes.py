@@ -36,7 +36,7 @@ from meshlearn.engines.transport import Transport
 from meshlearn.engines.worker import Worker
 from meshlearn.evaluation import round_record
 from meshlearn.experiment import Experiment
-from meshlearn.results import read_jsonl
+from meshlearn.results import read_jsonl, read_models
 from meshlearn.runner import run_experiment
 
 RUN_ID = "0123456789ab"   # 12 hex characters, like the run ids of the runner and of `meshlearn node`
@@ -449,6 +449,19 @@ def test_ray_matches_sim(ray_cluster):
     reports, extra = drive(engine, cfg.rounds)
     assert extra["placement"] == "ray" and extra["failures"] == []
     assert_same_run(sim, sim_reports, engine, reports)
+
+
+def test_ray_applies_churn_as_sim(ray_cluster, tmp_path):
+    """The same trace on Ray actors: the simulator's models and bytes."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("node,offline_from,online_from\n1,2,4\n6,1,\n")
+    availability = {"model": "trace", "file": str(trace)}
+    sim = run_experiment(small_config(nodes=8, rounds=4, availability=availability), tmp_path / "sim")
+    ray = run_experiment(small_config(nodes=8, rounds=4, availability=availability,
+                                      engine={"name": "ray", "workers": 2, "timeout_s": 120}), tmp_path / "ray")
+    a, b = (read_models(out / "models.safetensors") for out in (tmp_path / "sim", tmp_path / "ray"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert ray["bytes_sent_per_node"] == sim["bytes_sent_per_node"] and ray["final"]["online_nodes"] == 7
 
 
 def test_undecodable_payload_from_a_neighbour_is_dropped_not_fatal(caplog):
