@@ -146,6 +146,15 @@ def test_bad_trace_files_are_refused_naming_the_line(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+def test_oversized_trace_is_refused_unread(tmp_path, monkeypatch):
+    from meshlearn.dynamics import availability
+
+    path = trace(tmp_path, "node,offline_from,online_from\n" + "1,2,3\n" * 100)
+    monkeypatch.setattr(availability, "MAX_TRACE_BYTES", 64)
+    with pytest.raises(ConfigError, match="traces up to 0 MiB are read"):
+        Experiment.build(small_config(availability={"model": "trace", "file": path}))
+
+
 def test_configs_churn_cannot_run_are_refused():
     with pytest.raises(ConfigError, match="needs availability.file"):
         small_config(availability={"model": "trace"})

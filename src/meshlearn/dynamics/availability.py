@@ -25,7 +25,7 @@ from meshlearn.streams import Stream
 
 __all__ = ["Availability", "read_trace", "MAX_TRACE_BYTES"]
 
-MAX_TRACE_BYTES = 1 << 30   # a trace larger than this is refused before reading
+MAX_TRACE_BYTES = 64 << 20   # a trace larger than this is refused before reading (about 3 M periods)
 
 
 class Availability:
@@ -100,8 +100,8 @@ def read_trace(path: Path, num_nodes: int, round_s: float | None = None) -> tupl
     round's start, (r − 1)·round_s, lies in [offline_from, online_from)."""
     size = path.stat().st_size
     if size > MAX_TRACE_BYTES:
-        raise ValueError(f"availability.file = {str(path)!r} is {size / 2**30:.1f} GiB; traces up to "
-                         f"{MAX_TRACE_BYTES >> 30} GiB are read")
+        raise ValueError(f"availability.file = {str(path)!r} is {size / 2**20:.0f} MiB; traces up to "
+                         f"{MAX_TRACE_BYTES >> 20} MiB are read: keep the nodes and the span the run uses")
     nodes, starts, untils = [], [], []
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
