@@ -516,7 +516,8 @@ class NetworkConfig(_Section):
 class AvailabilityConfig(_Section):
     """When nodes are online (churn). An offline node neither trains nor sends, and its model and
     state stay as they were; its neighbours renormalize their weights over who is present, as
-    when messages are lost. On its return it goes on from its own stale model."""
+    when messages are lost. On its return it goes on from its own stale model, or first takes
+    a neighbour's (``on_return``)."""
 
     model: Literal["always", "bernoulli", "sessions", "trace"] = Field(
         "always", description="always online; bernoulli (each round online with probability online_probability); "
@@ -621,7 +622,7 @@ class ExperimentConfig(_Section):
 
     def _check_availability(self) -> None:
         """Churn changes each round's graph and weights: schemes that keep state about fixed
-        neighbours cannot follow."""
+        neighbours cannot follow, and a pull on return needs the rounds' exchanges."""
         if not self.availability.enabled:
             return
         what = f"availability.model = {self.availability.model!r}"

@@ -205,8 +205,8 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
                 if cfg.evaluation.stop_on_divergence:
                     break
             if 0 < rnd < cfg.rounds:
-                saved = checkpoints.after_round(rnd, summary, now=stop.signal is not None)
-                if stop.signal is not None and (saved or not engine.checkpointable):
+                checkpointed = checkpoints.after_round(rnd, summary, now=stop.signal is not None)
+                if stop.signal is not None and (checkpointed or not engine.checkpointable):
                     raise RunInterrupted(stop.signal)
         if diverged is not None and cfg.evaluation.stop_on_divergence:
             summary["status"] = "diverged"

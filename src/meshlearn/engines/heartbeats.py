@@ -86,8 +86,8 @@ class Heartbeats:
                 self.last_seen[machine] = time.monotonic()
                 if msg.get("finished"):
                     self.finished.add(machine)
-                own = set(self.workers[machine])
-                failed.update(int(k) for k in msg.get("failed", []) if int(k) in own)
+                own, said = set(self.workers[machine]), msg.get("failed")
+                failed.update(k for k in (said if isinstance(said, list) else []) if isinstance(k, int) and k in own)
         now = time.monotonic()
         lost = [m for m, seen in self.last_seen.items()
                 if m not in self.lost and m not in self.finished and now - seen > self.SILENCE_S]
