@@ -171,7 +171,9 @@ def test_sigterm_on_sim_checkpoints_the_round_it_ends(tmp_path):
         run_experiment(cfg, tmp_path / "run", on_round=sigterm_at(3))
     result = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (result["status"], result["rounds_completed"], result["checkpoint_round"]) == ("interrupted", 3, 3)
+    assert (tmp_path / "run" / "checkpoint" / "run.json").is_file()
     resume_run(tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint").exists()   # the run ended: nothing left to resume
     run_experiment(cfg, tmp_path / "whole")
     assert model_difference(tmp_path / "whole", tmp_path / "run") == 0.0
 

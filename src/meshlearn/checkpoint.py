@@ -25,7 +25,8 @@ import torch
 
 from meshlearn.results import RunDirError
 
-__all__ = ["CHECKPOINT_DIR", "encode", "decode", "save_checkpoint", "load_checkpoint", "find_checkpoint", "CheckpointError"]
+__all__ = ["CHECKPOINT_DIR", "encode", "decode", "save_checkpoint", "load_checkpoint", "find_checkpoint",
+           "remove_checkpoint", "CheckpointError"]
 
 CHECKPOINT_DIR = "checkpoint"
 _NEW, _OLD = CHECKPOINT_DIR + ".new", CHECKPOINT_DIR + ".old"
@@ -115,6 +116,12 @@ def save_checkpoint(run_dir: str | Path, run: dict[str, Any], hosts: dict[int, b
     new.rename(current)
     shutil.rmtree(old, ignore_errors=True)
     return current
+
+
+def remove_checkpoint(run_dir: str | Path) -> None:
+    """Delete the run's checkpoint: a run that ended (completed or diverged) is not resumed."""
+    for name in (CHECKPOINT_DIR, _NEW, _OLD):
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
 
 
 def find_checkpoint(run_dir: str | Path) -> Path:

@@ -21,7 +21,7 @@ import torch
 
 from meshlearn import plugins
 from meshlearn.callbacks import Callback
-from meshlearn.checkpoint import load_checkpoint, save_checkpoint
+from meshlearn.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from meshlearn.config import ExperimentConfig, parse_config
 from meshlearn.engines import build_engine
 from meshlearn.evaluation import RoundReport, round_record
@@ -80,7 +80,7 @@ def resume_run(run_dir: str | Path, on_round: Callable[[int, dict[str, Any] | No
 
 def checkpointed_config(run_dir: str | Path) -> ExperimentConfig:
     """The config of the run whose checkpoint is in ``run_dir`` (its plug-in folders importable)."""
-    run, _ = load_checkpoint(run_dir)
+    run, _ = _resumable(run_dir)
     plugins.add_import_paths(run.get("import_paths", []))
     return parse_config(run["config"])
 
@@ -215,6 +215,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
             if params is not None:
                 writer.write_models(experiment.layout, params)
             summary["status"] = "completed"
+        remove_checkpoint(out_dir)   # the run has ended: nothing to resume
     except KeyboardInterrupt as exc:
         summary["status"] = "interrupted"
         if isinstance(exc, RunInterrupted):

@@ -24,15 +24,15 @@ def add_parser(subparsers) -> None:
 
 
 def resume_command(args: argparse.Namespace) -> int:
-    from meshlearn.checkpoint import CheckpointError
     from meshlearn.commands.run import execute
     from meshlearn.config import ConfigError
+    from meshlearn.results import RunDirError
     from meshlearn.runner import checkpointed_config
 
     out = Path(args.run_dir)
     try:
         cfg = checkpointed_config(out)
-    except (CheckpointError, ConfigError) as exc:
+    except (RunDirError, ConfigError) as exc:   # a damaged or missing checkpoint, a run that has ended
         Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     return execute(cfg, out, no_progress=args.no_progress, log=args.log, resume=True)
