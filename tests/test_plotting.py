@@ -11,6 +11,8 @@ from matplotlib.collections import PolyCollection
 
 from meshlearn.commands.plot import add_parser
 from meshlearn.plotting import (
+    group_runs,
+    seed_band,
     available_metrics,
     band_keys,
     build_figure,
@@ -60,7 +62,7 @@ def make_run(
     (d / "nodes.jsonl").write_text(
         json.dumps({"round": 1, "node": 0, "test_acc": 0.5, "test_loss": 1.0}) + "\n"
     )
-    (d / "config.toml").write_text('name = "x"\n')
+    (d / "config.toml").write_text(f'name = "{dirname}"\n')   # a config of its own: not a seed of another run
     if name is not None:
         summary = {"name": name, "status": "completed", "rounds_completed": rounds}
         (d / "summary.json").write_text(json.dumps(summary))
@@ -218,3 +220,44 @@ def test_help_explains_options(capsys) -> None:
     text = capsys.readouterr().out
     for word in ("RUN_DIR", "--metric", "--x", "bytes", "wall-clock", "-o"):
         assert word in text
+
+
+def seeds_of(root: Path, lr: float, accs: dict[int, list[float]]) -> list[Path]:
+    """Run dirs of one config (training.lr = lr) at several seeds; ``accs[seed]`` is its curve."""
+    dirs = []
+    for seed, curve in accs.items():
+        d = root / f"lr{lr}-seed{seed}"
+        d.mkdir(parents=True)
+        (d / "rounds.jsonl").write_text("".join(json.dumps({"round": r, "test_acc_mean": a, "bytes_sent_per_node":
+                                                            1000.0 * r * (1 + seed)}) + "\n"
+                                                for r, a in enumerate(curve)))
+        (d / "config.toml").write_text(f'name = "exp"\nseed = {seed}\n[training]\nlr = {lr}\n')
+        dirs.append(d)
+    return dirs
+
+
+def test_seed_band_is_the_t_interval_of_the_mean() -> None:
+    """Hand-computed: values 1, 2, 3 have mean 2 and s = 1; t(0.975, 2) = 4.302653, so the
+    half-width is 4.302653 / sqrt(3) = 2.484138."""
+    mean, lo, hi = seed_band([1.0, 2.0, 3.0])
+    assert mean == 2.0 and hi - mean == pytest.approx(2.484138, abs=1e-6) and mean - lo == pytest.approx(hi - mean)
+    assert seed_band([0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_runs_that_differ_only_in_seed_become_one_line_with_its_interval(tmp_path: Path) -> None:
+    a = seeds_of(tmp_path, 0.05, {1: [0.1, 0.5, 0.7], 2: [0.2, 0.6, 0.8], 3: [0.3, 0.7, 0.9]})
+    b = seeds_of(tmp_path, 0.1, {1: [0.4, 0.6, 0.6], 2: [0.4, 0.6, 0.6]})
+    groups = group_runs(load_runs([*a, *b]))
+    assert [(g.label, len(g.runs)) for g in groups] == [("training.lr=0.05 (3 seeds)", 3), ("training.lr=0.1 (2 seeds)", 2)]
+    fig = build_figure(load_runs([*a, *b]), x_axes=("round", "bytes"), log_x=("bytes",))
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 2 and list(lines[0].get_ydata()) == pytest.approx([0.2, 0.6, 0.8])
+    band = [c for c in ax.collections if isinstance(c, PolyCollection)][0]
+    top = max(v[1] for v in band.get_paths()[0].vertices if v[0] == 2.0)
+    assert top == pytest.approx(0.8 + 4.302653 * 0.1 / 3 ** 0.5, abs=1e-6)
+    assert list(lines[1].get_ydata()) == pytest.approx([0.4, 0.6, 0.6])   # equal seeds: a band of width 0
+    assert fig.axes[1].get_xscale() == "log" and "95 % t-CI of the mean over seeds" in fig._suptitle.get_text()
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"training.lr=0.05 (3 seeds)",
+                                                                  "training.lr=0.1 (2 seeds)"}
+    assert len(build_figure(load_runs(a), x_axes=("round",), group=False).axes[0].get_lines()) == 3

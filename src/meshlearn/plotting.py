@@ -18,6 +18,7 @@ from typing import Any
 
 import matplotlib
 
+from meshlearn.config import tomllib
 from meshlearn.results import read_jsonl
 
 # Rendering goes through ``Figure`` objects, never pyplot, so plots work on
@@ -28,11 +29,13 @@ if "matplotlib.pyplot" not in sys.modules:
     matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 __all__ = [
     "Run",
+    "Group",
+    "group_runs",
+    "seed_band",
     "X_AXIS_ALIASES",
     "available_metrics",
     "band_keys",
@@ -81,6 +84,7 @@ class Run:
     label: str
     rounds: list[dict[str, Any]]
     summary: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None   # config.toml, to group runs that differ only in their seed
 
 
 def _is_number(value: Any) -> bool:
@@ -110,9 +114,70 @@ def load_run(run_dir: str | Path) -> Run:
         if isinstance(loaded, dict):
             summary = loaded
 
+    config: dict[str, Any] | None = None
+    try:
+        config = tomllib.loads((path / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass   # plotted on its own
     name = summary.get("name") if summary else None
     label = name if isinstance(name, str) and name.strip() else path.resolve().name
-    return Run(path=path, label=label, rounds=rounds, summary=summary)
+    return Run(path=path, label=label, rounds=rounds, summary=summary, config=config)
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs whose configs differ only in their seed (one run: a group of one)."""
+
+    label: str
+    runs: list[Run]
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Runs grouped by config without the seed, in order of first appearance; a group is
+    labelled by the config keys whose values differ between groups (``training.lr=0.1``),
+    else by its first run's label. Runs without a config stay alone."""
+    keyed: dict[str, list[Run]] = {}
+    for run in runs:
+        key = json.dumps(_flat(run.config, drop=("seed",)), sort_keys=True) if run.config else f"#{id(run)}"
+        keyed.setdefault(key, []).append(run)
+    groups = list(keyed.values())
+    flats = [_flat(g[0].config, drop=("seed",)) if g[0].config else {} for g in groups]
+    differ = sorted({k for f in flats for k in f if len({json.dumps(g.get(k)) for g in flats}) > 1})
+    out = []
+    for members, flat in zip(groups, flats):
+        shown = [f"{k}={flat[k]}" for k in differ if k in flat and k != "name"]
+        label = ", ".join(shown) if shown and members[0].config else members[0].label
+        if len(members) > 1:
+            label += f" ({len(members)} seeds)"
+        out.append(Group(label, members))
+    return out
+
+
+def _flat(table: dict[str, Any], prefix: str = "", drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A nested config as dotted keys → values."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if not prefix and key in drop:
+            continue
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def seed_band(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over seeds and its t-based confidence interval at
+    ``level`` (Student's t with n − 1 degrees of freedom); one value: no interval."""
+    import numpy as np
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
+    return mean, mean - half, mean + half
 
 
 def _path_suffix(path: Path, depth: int) -> str:
@@ -228,12 +293,34 @@ def _legend_label(run: Run) -> str:
     return run.label
 
 
+def _seed_series(group: Group, x_key: str, y_key: str) -> tuple[list[float], list[float], list[tuple[float, float, float]]]:
+    """Mean curve of a group over its seeds and the confidence band, at the rounds every seed
+    recorded (x: the mean of the seeds' x there)."""
+    per_run = [{rec["round"]: rec for rec in run.rounds
+                if _is_number(rec.get(x_key)) and _is_number(rec.get(y_key))} for run in group.runs]
+    shared = sorted(set.intersection(*(set(r) for r in per_run)))
+    xs, ys, spread = [], [], []
+    for rnd in shared:
+        x = sum(float(r[rnd][x_key]) for r in per_run) / len(per_run)
+        mean, lo, hi = seed_band([float(r[rnd][y_key]) for r in per_run])
+        xs.append(x)
+        ys.append(mean)
+        spread.append((x, lo, hi))
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    return [xs[i] for i in order], [ys[i] for i in order], [spread[i] for i in order]
+
+
 def build_figure(
     runs: Sequence[Run],
     metric: str = "test_acc_mean",
     x_axes: Sequence[str] | None = None,
+    group: bool = True,
+    log_x: Sequence[str] = (),
 ) -> Figure:
-    """Draw ``metric`` against each x-axis, one panel per axis, one line per run.
+    """Draw ``metric`` against each x-axis, one panel per axis, one line per run or, with
+    ``group``, per set of runs that differ only in their seed: their mean and its 95 %
+    t-interval (``seed_band``) as a band. A single run's band is the min..max across nodes.
+    ``log_x`` names the x-axes drawn on a log scale (e.g. ``bytes``).
 
     Kept separate from saving so callers (and tests) can inspect or restyle
     the figure.  ``x_axes`` defaults to ``default_x_axes(runs)``.  Raises
@@ -259,6 +346,8 @@ def build_figure(
                 f"unknown x-axis {name!r}; use one of {known} or a numeric key"
             )
         x_keys.append(key)
+    logs = {resolve_x_axis(name, runs) for name in log_x}
+    groups = group_runs(runs) if group else [Group(run.label, [run]) for run in runs]
 
     band = band_keys(metric, runs)
     n = len(x_keys)
@@ -267,12 +356,16 @@ def build_figure(
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
 
     handles: dict[str, Any] = {}
-    any_band = False
+    shaded = {"nodes": False, "seeds": False}
     for ax, x_key in zip(axes, x_keys):
         plotted = False
-        for i, run in enumerate(runs):
+        for i, grp in enumerate(groups):
             color = colors[i % len(colors)]
-            xs, ys, spread = _series(run, x_key, metric, band)
+            several = len(grp.runs) > 1
+            if several:
+                xs, ys, spread = _seed_series(grp, x_key, metric)
+            else:
+                xs, ys, spread = _series(grp.runs[0], x_key, metric, band)
             if not xs:
                 continue
             plotted = True
@@ -281,9 +374,10 @@ def build_figure(
             (line,) = ax.plot(
                 xs, ys, color=color, marker=marker, markersize=3, linewidth=1.5
             )
-            handles.setdefault(_legend_label(run), line)
+            handles.setdefault(grp.label if several else _legend_label(dataclasses.replace(grp.runs[0], label=grp.label)),
+                               line)
             if len(spread) >= 1:
-                any_band = True
+                shaded["seeds" if several else "nodes"] = True
                 ax.fill_between(
                     [s[0] for s in spread],
                     [s[1] for s in spread],
@@ -295,6 +389,8 @@ def build_figure(
         ax.set_xlabel(_AXIS_LABELS.get(x_key, x_key))
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
+        if x_key in logs:   # zeros (round 0's bytes) have no place on it and are left out
+            ax.set_xscale("log")
         if x_key == "bytes_sent_per_node":
             ax.xaxis.set_major_formatter(FuncFormatter(_format_mb))
         if not plotted:
@@ -303,16 +399,15 @@ def build_figure(
                 ha="center", va="center", color="gray",
             )
 
-    title = metric
-    if band is not None and any_band:
-        title += f"  (shaded: {band[0]} .. {band[1]})"
-    fig.suptitle(title)
+    notes = []
+    if shaded["seeds"]:
+        notes.append("95 % t-CI of the mean over seeds")
+    if band is not None and shaded["nodes"]:
+        notes.append(f"{band[0]} .. {band[1]}")
+    fig.suptitle(metric + (f"  (shaded: {'; '.join(notes)})" if notes else ""))
     if handles:
         labels = list(handles)
         lines = list(handles.values())
-        if any_band:
-            lines.append(Patch(color="gray", alpha=0.3, linewidth=0))
-            labels.append("min..max across nodes")
         fig.legend(
             lines, labels, loc="outside lower center",
             ncols=min(len(labels), 4), fontsize="small", frameon=False,
@@ -325,6 +420,8 @@ def plot_runs(
     out_path: str | Path,
     metric: str = "test_acc_mean",
     x_axes: Sequence[str] | None = None,
+    group: bool = True,
+    log_x: Sequence[str] = (),
 ) -> Path:
     """Render ``build_figure`` to ``out_path`` (format from the extension, dpi 120).
 
@@ -340,7 +437,7 @@ def plot_runs(
             f"unsupported output format {out.suffix!r}; use one of "
             + ", ".join(f".{k}" for k in sorted(supported))
         )
-    fig = build_figure(runs, metric=metric, x_axes=x_axes)
+    fig = build_figure(runs, metric=metric, x_axes=x_axes, group=group, log_x=log_x)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, format=fmt)
     return out

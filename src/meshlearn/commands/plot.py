@@ -15,8 +15,12 @@ still plots, labelled by its directory name, and a truncated last line is
 skipped). Legend labels come from the run name in summary.json; runs that
 share a name get their directory name appended.
 
-For a *_mean metric with matching *_min/*_max keys (e.g. test_acc_mean), the
-min..max range across nodes is drawn as a light band.
+Runs whose configs differ only in their seed (e.g. a sweep's) are drawn as one
+line: the mean over the seeds, with a band for the 95 % confidence interval of
+that mean (Student's t with seeds - 1 degrees of freedom), at the rounds every
+seed recorded; legends name the config values that differ between lines.
+For a single run and a *_mean metric with matching *_min/*_max keys (e.g.
+test_acc_mean), the band is the min..max range across nodes.
 """
 
 EPILOG = """\
@@ -24,6 +28,7 @@ examples:
   meshlearn plot runs/quickstart -o acc.png
   meshlearn plot runs/a runs/b -o loss.pdf --metric test_loss_mean --x round,bytes
   meshlearn plot runs/dp -o privacy.png --metric epsilon_per_node --x round
+  meshlearn plot runs/sweep/*/seed=* -o sweep.png --log-x bytes
 """
 
 DEFAULT_X = "round,bytes,time"
@@ -69,6 +74,10 @@ def add_parser(subparsers: Any) -> None:
         "seconds (wall / sim force one); epsilon = privacy spent per node (mean ε); "
         "any other numeric key also works",
     )
+    parser.add_argument("--log-x", default="", metavar="AXES",
+                        help="comma-separated x-axes drawn on a log scale, e.g. bytes")
+    parser.add_argument("--no-group", action="store_true",
+                        help="one line per run, even for runs that differ only in their seed")
     parser.set_defaults(func=run_plot)
 
 
@@ -87,7 +96,8 @@ def run_plot(args: argparse.Namespace) -> int:
         return _error("--x needs at least one axis (e.g. round,bytes,time)")
     try:
         runs = load_runs(args.run_dirs)
-        out = plot_runs(runs, args.output, metric=args.metric, x_axes=x_axes)
+        out = plot_runs(runs, args.output, metric=args.metric, x_axes=x_axes, group=not args.no_group,
+                        log_x=[part.strip() for part in args.log_x.split(",") if part.strip()])
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     print(f"wrote {out}")
