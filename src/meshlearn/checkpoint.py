@@ -134,12 +134,13 @@ def find_checkpoint(run_dir: str | Path) -> Path:
                           "first checkpoint; start it again (set checkpoint.every to checkpoint every k rounds)")
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], dict[int, bytes]]:
-    """``run.json`` and each host's encoded state from the run's latest checkpoint."""
+def load_checkpoint(run_dir: str | Path, states: bool = True) -> tuple[dict[str, Any], dict[int, bytes]]:
+    """``run.json`` and (with ``states``) each host's encoded state from the run's latest
+    checkpoint; without, only ``run.json`` is read (the config, the round)."""
     folder = find_checkpoint(run_dir)
     try:
         run = json.loads((folder / "run.json").read_text())
-        hosts = {int(k): (folder / f"host-{k}.safetensors").read_bytes() for k in run["hosts"]}
+        hosts = {int(k): (folder / f"host-{k}.safetensors").read_bytes() for k in run["hosts"]} if states else {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{folder} is damaged ({exc}); start the run again") from None
     return run, hosts

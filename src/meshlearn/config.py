@@ -591,14 +591,11 @@ class ExperimentConfig(_Section):
                              "give each phase its own from_round")
         for k, phase in enumerate(topo.schedule):
             phase.check(self.nodes, f"topology.schedule[{k}]")
-        for name, cls in self.compute.classes.items():
-            bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
-            if bad:
-                raise ValueError(f"compute.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
-        for name, cls in self.network.classes.items():
-            bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
-            if bad:
-                raise ValueError(f"network.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
+        for section, classes in (("compute", self.compute.classes), ("network", self.network.classes)):
+            for name, cls in classes.items():
+                bad = [node for node in cls.nodes if not 0 <= node < self.nodes]
+                if bad:
+                    raise ValueError(f"{section}.classes.{name}.nodes has ids {bad[:5]} outside 0..{self.nodes - 1}")
         # what the chosen modules need is known to their classes (subclasses inherit it)
         self.algorithm.implementation().check_config(self)
         self.sharing.implementation().check_config(self)

@@ -115,9 +115,7 @@ class RunWriter:
         """Rewrite ``name`` (atomically) with only its records of rounds up to ``last_round``."""
         path = self.dir / name
         kept = [r for r in read_jsonl(path) if r.get("round", 0) <= last_round] if path.exists() else []
-        tmp = self.dir / f".{name}.tmp"
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        os.replace(tmp, path)
+        self._replace(name, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_round(self, record: dict[str, Any]) -> None:
         _append(self._rounds, record)
@@ -129,8 +127,12 @@ class RunWriter:
 
     def write_json(self, name: str, obj: Any) -> None:
         """Atomically (re)write a JSON file in the run directory."""
+        self._replace(name, json.dumps(clean_json(obj), indent=2) + "\n")
+
+    def _replace(self, name: str, text: str) -> None:
+        """Write ``text`` to a file of the run directory, swapped in whole (never half written)."""
         tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(clean_json(obj), indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, self.dir / name)
 
     def write_models(self, layout, params) -> None:

@@ -80,7 +80,7 @@ def resume_run(run_dir: str | Path, on_round: Callable[[int, dict[str, Any] | No
 
 def checkpointed_config(run_dir: str | Path) -> ExperimentConfig:
     """The config of the run whose checkpoint is in ``run_dir`` (its plug-in folders importable)."""
-    run, _ = _resumable(run_dir)
+    run, _ = _resumable(run_dir, states=False)   # the run reads the states once it holds the folder
     plugins.add_import_paths(run.get("import_paths", []))
     return parse_config(run["config"])
 
@@ -258,8 +258,8 @@ _RESUMED_OPTIONS = ("workers", "ray_address", "keep_models")
 """Engine options a resumed run is launched with again (JSON values)."""
 
 
-def _resumable(out_dir: str | Path) -> tuple[dict[str, Any], dict[int, bytes]]:
-    """The checkpoint of a run that did not end; a run that did is refused."""
+def _resumable(out_dir: str | Path, states: bool = True) -> tuple[dict[str, Any], dict[int, bytes]]:
+    """The checkpoint of a run that did not end (``load_checkpoint``); a run that did is refused."""
     path = Path(out_dir) / "summary.json"
     try:
         status = json.loads(path.read_text()).get("status")
@@ -268,7 +268,7 @@ def _resumable(out_dir: str | Path) -> tuple[dict[str, Any], dict[int, bytes]]:
     if status in ("completed", "diverged"):
         raise RunDirError(f"the run in {out_dir} has {status}: there is nothing to resume (start a new run with "
                           "'meshlearn run')")
-    return load_checkpoint(out_dir)
+    return load_checkpoint(out_dir, states)
 
 
 class _Checkpoints:

@@ -103,9 +103,7 @@ class AsyncSimEngine(InProcessEngine):
             t0 = time.perf_counter()
             self._rnd, self._headers = rnd, {}   # messages of this window carry its number
             if self.availability is not None:
-                here = self.availability.online(rnd)
-                self.counters["online"][:] = here
-                self.counters["rounds_online"] += here
+                self.count_online(rnd)
             handlers = {_BEGIN: self._begin, _TRAINED: self._trained, _ARRIVE: self._arrive}
             end = (rnd + _SLACK) * self.window
             while self._queue and self._queue[0][0] <= end:

@@ -18,10 +18,14 @@ from meshlearn.byzantine.adversary import Adversary
 from meshlearn.checkpoint import CheckpointError, decode, encode
 from meshlearn.evaluation import Evaluation, Evaluator
 from meshlearn.nodes import NodeBatch
+from meshlearn.sharing.base import dense_average
 from meshlearn.streams import Stream
 from meshlearn.topology.schedule import RoundGraph, TopologySchedule
 
-__all__ = ["NodeHost", "InProcessEngine", "evaluate_if_due"]
+__all__ = ["NodeHost", "InProcessEngine", "evaluate_if_due", "AVAILABILITY_METRICS"]
+
+AVAILABILITY_METRICS = ("online", "rounds_online")
+"""Per-node counters under churn: online this round (1/0), and rounds online so far."""
 
 
 class NodeHost:
@@ -54,7 +58,7 @@ class NodeHost:
         self.honest = experiment.honest(self.local_ids)     # False for the Byzantine nodes
         self.adversary = Adversary(experiment, self.local_ids) if experiment.config.byzantine else None
         self.online: np.ndarray | None = None               # with churn: who (of all N) is online this round
-        if experiment.availability is not None:             # this round (1/0) and rounds so far
+        if experiment.availability is not None:             # round 0 (the first evaluation): everyone is online
             self.counters.update(online=np.ones(b, dtype=np.int64), rounds_online=np.zeros(b, dtype=np.int64))
 
     def play_round(self, rnd: int) -> torch.Tensor:
@@ -65,12 +69,9 @@ class NodeHost:
             self.adversary.begin_round(self.nodes)
         if self.experiment.availability is None:
             return self.algorithm.round(self.nodes, rnd, self)
-        self.online = self.experiment.availability.online(rnd)
+        here = self.count_online(rnd)
         if self.experiment.config.availability.on_return == "pull":
             self.pull_on_return(rnd)
-        here = self.online[self.nodes.ids.numpy()]
-        self.counters["online"][:] = here
-        self.counters["rounds_online"] += here
         away = torch.from_numpy(np.flatnonzero(~here))
         kept = self.nodes.params[away].clone(), {name: t[away].clone() for name, t in self.nodes.state.items()}
         loss = self.algorithm.round(self.nodes, rnd, self)
@@ -79,6 +80,15 @@ class NodeHost:
             self.nodes.state[name][away] = rows
         loss[away] = float("nan")
         return loss
+
+    def count_online(self, rnd: int) -> np.ndarray:
+        """Who is online in round ``rnd`` (``online``, all N), counted per hosted node; returns
+        the hosted nodes' mask."""
+        self.online = self.experiment.availability.online(rnd)
+        here = self.online[self.nodes.ids.numpy()]
+        self.counters["online"][:] = here
+        self.counters["rounds_online"] += here
+        return here
 
     def pull_on_return(self, rnd: int) -> dict[int, int]:
         """Nodes back online in round ``rnd`` first take the model of a random neighbour that
@@ -99,8 +109,8 @@ class NodeHost:
             pull = RoundGraph.from_links(n, list(sources), list(sources.values()), np.ones(len(sources)), self_weight,
                                          "pull on return")
             inbox = self.exchange(self.nodes, {"params": self.nodes.params}, rnd, graph=pull)
-            received = inbox.weighted_sum(lambda payload: payload["params"])   # a lost pull keeps the own model
-            self.nodes.params.copy_(inbox.self_weight[:, None] * self.nodes.params + received)
+            # the pulled model where it arrived (a lost pull renormalizes to the own model)
+            self.nodes.params.copy_(dense_average(self.nodes.params, inbox, lambda payload: payload["params"]))
         return sources
 
     def present(self, nodes: NodeBatch, active: torch.Tensor | None) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ import zmq
 from meshlearn import plugins
 from meshlearn.config import ConfigError
 from meshlearn.engines.heartbeats import Heartbeats
+from meshlearn.engines.host import AVAILABILITY_METRICS
 from meshlearn.engines.hosts import Hosts, split_nodes
 from meshlearn.engines.ray_actor import RayHandle, import_ray
 from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Credentials, Keys, read_machine_keys, serve_securely
@@ -126,7 +127,7 @@ class ProcessesEngine:
         self.requested: int | None = None          # the round after which the workers were asked for theirs
         self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
             + (SECAGG_METRICS if cfg.privacy.secagg is not None else ()) \
-            + (("online", "rounds_online") if cfg.availability.enabled else ())
+            + (AVAILABILITY_METRICS if cfg.availability.enabled else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine

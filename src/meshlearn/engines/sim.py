@@ -97,7 +97,7 @@ class SimEngine(InProcessEngine):
             elapsed = time.perf_counter() - t0
             self.train_time += elapsed
             if self.sim_time is not None:
-                self.sim_time += self._compute_time(rnd, elapsed) + self._comm_time
+                self.sim_time += self._compute_time(elapsed) + self._comm_time
         evaluation, seconds = evaluate_if_due(self.evaluator, self.nodes, self.topology, rnd, self.honest)
         self.eval_time += seconds
         return RoundReport(rnd, np.arange(self.experiment.num_nodes), self.last_loss.numpy().copy(),
@@ -107,14 +107,13 @@ class SimEngine(InProcessEngine):
     def close(self) -> dict:
         return {}
 
-    def _compute_time(self, rnd: int, elapsed: float) -> float:
+    def _compute_time(self, elapsed: float) -> float:
         """The training time a round costs on the virtual clock: its slowest participant's
         emulated time (at most the deadline), or with uniform nodes the measured time."""
         times = self.experiment.training_times
         if times is None:
             return elapsed
-        availability = self.experiment.availability
-        present = times[availability.online(rnd)] if availability is not None else times
+        present = times[self.online] if self.online is not None else times   # those online this round
         deadline = self.experiment.config.compute.deadline_s
         return float(min(present.max(), deadline or np.inf)) if len(present) else 0.0
 
