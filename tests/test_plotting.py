@@ -261,3 +261,23 @@ def test_runs_that_differ_only_in_seed_become_one_line_with_its_interval(tmp_pat
     assert {t.get_text() for t in fig.legends[0].get_texts()} == {"training.lr=0.05 (3 seeds)",
                                                                   "training.lr=0.1 (2 seeds)"}
     assert len(build_figure(load_runs(a), x_axes=("round",), group=False).axes[0].get_lines()) == 3
+
+
+def test_groups_named_apart_are_labelled_by_name_and_the_node_band_averages_min_and_max(tmp_path: Path) -> None:
+    """Runs whose groups each have their own name are labelled by it; with node_band a group's
+    band is the seeds' mean of the min..max across nodes, not the interval over seeds."""
+    dirs = []
+    for name, lr in (("slow", 0.01), ("fast", 0.1)):
+        for seed, lo, hi in ((1, 0.2, 0.6), (2, 0.4, 1.0)):
+            d = tmp_path / f"{name}-{seed}"
+            d.mkdir()
+            (d / "rounds.jsonl").write_text(json.dumps({"round": 1, "test_acc_mean": 0.5, "test_acc_min": lo,
+                                                        "test_acc_max": hi}) + "\n")
+            (d / "config.toml").write_text(f'name = "{name}"\nseed = {seed}\n[training]\nlr = {lr}\n')
+            dirs.append(d)
+    runs = load_runs(dirs)
+    assert [g.label for g in group_runs(runs)] == ["slow (2 seeds)", "fast (2 seeds)"]
+    fig = build_figure(runs, x_axes=("round",), node_band=True)
+    band = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)][0]
+    ys = sorted({round(float(v[1]), 9) for v in band.get_paths()[0].vertices})
+    assert ys == [0.3, 0.8] and "(mean over seeds)" in fig._suptitle.get_text()

@@ -41,6 +41,11 @@ def test_grid_times_seeds_runs_once_and_continues(tmp_path):
     assert lines[0] == "sweep: 4 runs, 3 already ended, 1 to run, 1 at a time" and len(lines) == 2
 
 
+def test_seeds_alone_go_to_one_folder_per_seed(tmp_path):
+    runs = plan_sweep(config_file(tmp_path), {}, 2, tmp_path / "seeds")
+    assert [(r.out, r.values) for r in runs] == [(tmp_path / "seeds" / "seed=3", ()), (tmp_path / "seeds" / "seed=4", ())]
+
+
 def test_interrupted_run_of_a_sweep_is_resumed(tmp_path):
     config, out = config_file(tmp_path), tmp_path / "sweep"
     (run,) = plan_sweep(config, {"training.lr": [0.1]}, 1, out)

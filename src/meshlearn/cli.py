@@ -1,4 +1,4 @@
-"""The ``meshlearn`` command line: run, resume, sweep, node, keys, merge, plot, topology and describe sub-commands."""
+"""The ``meshlearn`` command line: run, resume, sweep, node, keys, merge, plot, report, topology and describe sub-commands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from meshlearn import __version__
-from meshlearn.commands import describe, keys, merge, node, plot, resume, run, sweep, topology
+from meshlearn.commands import describe, keys, merge, node, plot, report, resume, run, sweep, topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         "modules a config can name.")
     parser.add_argument("--version", action="version", version=f"meshlearn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, resume, sweep, node, keys, merge, plot, topology, describe):
+    for command in (run, resume, sweep, node, keys, merge, plot, report, topology, describe):
         command.add_parser(subparsers)
     return parser
 

@@ -134,8 +134,9 @@ class Group:
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
     """Runs grouped by config without the seed, in order of first appearance; a group is
-    labelled by the config keys whose values differ between groups (``training.lr=0.1``),
-    else by its first run's label. Runs without a config stay alone."""
+    labelled by its run name when every group has its own, else by the config keys whose
+    values differ between groups (``training.lr=0.1``), else by its first run's label. Runs
+    without a config stay alone."""
     keyed: dict[str, list[Run]] = {}
     for run in runs:
         key = json.dumps(_flat(run.config, drop=("seed",)), sort_keys=True) if run.config else f"#{id(run)}"
@@ -144,9 +145,10 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     flats = [_flat(g[0].config, drop=("seed",)) if g[0].config else {} for g in groups]
     differ = sorted({k for f in flats for k in f if len({json.dumps(g.get(k)) for g in flats}) > 1})
     out = []
+    named = "name" in differ and len({f.get("name") for f in flats}) == len(flats)   # names tell groups apart
     for members, flat in zip(groups, flats):
         shown = [f"{k}={flat[k]}" for k in differ if k in flat and k != "name"]
-        label = ", ".join(shown) if shown and members[0].config else members[0].label
+        label = str(flat["name"]) if named else ", ".join(shown) if shown and members[0].config else members[0].label
         if len(members) > 1:
             label += f" ({len(members)} seeds)"
         out.append(Group(label, members))
@@ -293,16 +295,21 @@ def _legend_label(run: Run) -> str:
     return run.label
 
 
-def _seed_series(group: Group, x_key: str, y_key: str) -> tuple[list[float], list[float], list[tuple[float, float, float]]]:
+def _seed_series(group: Group, x_key: str, y_key: str, nodes: tuple[str, str] | None = None
+                 ) -> tuple[list[float], list[float], list[tuple[float, float, float]]]:
     """Mean curve of a group over its seeds and the confidence band, at the rounds every seed
-    recorded (x: the mean of the seeds' x there)."""
-    per_run = [{rec["round"]: rec for rec in run.rounds
-                if _is_number(rec.get(x_key)) and _is_number(rec.get(y_key))} for run in group.runs]
+    recorded (x: the mean of the seeds' x there). With ``nodes`` (the min and max keys) the
+    band is the seeds' mean of the min..max range across nodes instead."""
+    needed = (x_key, y_key, *(nodes or ()))
+    per_run = [{rec["round"]: rec for rec in run.rounds if all(_is_number(rec.get(k)) for k in needed)}
+               for run in group.runs]
     shared = sorted(set.intersection(*(set(r) for r in per_run)))
     xs, ys, spread = [], [], []
     for rnd in shared:
         x = sum(float(r[rnd][x_key]) for r in per_run) / len(per_run)
         mean, lo, hi = seed_band([float(r[rnd][y_key]) for r in per_run])
+        if nodes is not None:
+            lo, hi = (sum(float(r[rnd][k]) for r in per_run) / len(per_run) for k in nodes)
         xs.append(x)
         ys.append(mean)
         spread.append((x, lo, hi))
@@ -316,10 +323,12 @@ def build_figure(
     x_axes: Sequence[str] | None = None,
     group: bool = True,
     log_x: Sequence[str] = (),
+    node_band: bool = False,
 ) -> Figure:
     """Draw ``metric`` against each x-axis, one panel per axis, one line per run or, with
     ``group``, per set of runs that differ only in their seed: their mean and its 95 %
-    t-interval (``seed_band``) as a band. A single run's band is the min..max across nodes.
+    t-interval (``seed_band``) as a band, or with ``node_band`` the seeds' mean of the
+    min..max across nodes. A single run's band is the min..max across nodes.
     ``log_x`` names the x-axes drawn on a log scale (e.g. ``bytes``).
 
     Kept separate from saving so callers (and tests) can inspect or restyle
@@ -350,6 +359,7 @@ def build_figure(
     groups = group_runs(runs) if group else [Group(run.label, [run]) for run in runs]
 
     band = band_keys(metric, runs)
+    node_band = node_band and band is not None
     n = len(x_keys)
     fig = Figure(figsize=(4.8 * n, 4.2), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -363,7 +373,7 @@ def build_figure(
             color = colors[i % len(colors)]
             several = len(grp.runs) > 1
             if several:
-                xs, ys, spread = _seed_series(grp, x_key, metric)
+                xs, ys, spread = _seed_series(grp, x_key, metric, band if node_band else None)
             else:
                 xs, ys, spread = _series(grp.runs[0], x_key, metric, band)
             if not xs:
@@ -377,7 +387,7 @@ def build_figure(
             handles.setdefault(grp.label if several else _legend_label(dataclasses.replace(grp.runs[0], label=grp.label)),
                                line)
             if len(spread) >= 1:
-                shaded["seeds" if several else "nodes"] = True
+                shaded["seeds" if several and not node_band else "nodes"] = True
                 ax.fill_between(
                     [s[0] for s in spread],
                     [s[1] for s in spread],
@@ -403,7 +413,7 @@ def build_figure(
     if shaded["seeds"]:
         notes.append("95 % t-CI of the mean over seeds")
     if band is not None and shaded["nodes"]:
-        notes.append(f"{band[0]} .. {band[1]}")
+        notes.append(f"{band[0]} .. {band[1]}" + (" (mean over seeds)" if node_band and group else ""))
     fig.suptitle(metric + (f"  (shaded: {'; '.join(notes)})" if notes else ""))
     if handles:
         labels = list(handles)

@@ -2,7 +2,7 @@
 
 A sweep is the product of the values given for some keys and of ``seeds`` seeds (the
 config's seed, then the next ones). Every combination is an ordinary run, written to
-``OUT/<key>=<value>,.../seed=<s>`` by ``meshlearn run`` in a process of its own (``jobs`` of
+``OUT/<key>=<value>,.../seed=<s>`` (``OUT/seed=<s>`` with seeds alone) by ``meshlearn run`` in a process of its own (``jobs`` of
 them at once, the cores shared out as torch threads). Running the same sweep again skips
 the runs that ended (completed or diverged), resumes those that were interrupted after a checkpoint, and starts
 the others afresh; ``OUT/index.json`` lists every run with its values, seed, status and
@@ -73,7 +73,7 @@ def plan_sweep(config: str | Path, grid: dict[str, list[Any]], seeds: int, out: 
     for combination in itertools.product(*(grid[key] for key in grid)):
         values = tuple(zip(grid, combination))
         load_config(config, [f"{k}={_toml(v)}" for k, v in values])   # ConfigError naming the key
-        folder = Path(out, ",".join(f"{k}={_label(v)}" for k, v in values) or "base")
+        folder = Path(out, ",".join(f"{k}={_label(v)}" for k, v in values))   # no grid: OUT/seed=S
         runs.extend(SweepRun(values, base.seed + k, folder / f"seed={base.seed + k}") for k in range(seeds))
     return runs
 
