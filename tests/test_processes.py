@@ -151,7 +151,8 @@ def test_processes_match_sim(workers):
 @pytest.mark.parametrize("sharing", [
     {"name": "topk", "fraction": 0.3, "error_feedback": True},
     {"name": "full", "compression": "zstd"},
-], ids=["topk-error-feedback", "zstd"])
+    {"name": "jwins", "options": {"fractions": [0.2, 0.5], "level": 2}},
+], ids=["topk-error-feedback", "zstd", "jwins"])
 def test_processes_match_sim_with_other_sharing(sharing):
     """Sparsified payloads (values + indices, error feedback kept per node) and the lossless
     zstd stage: same models, and bytes equal to the simulator's exact compressed sizes."""

@@ -34,6 +34,8 @@ SCHEMES = {
     "topk-zstd": {"name": "topk", "fraction": 0.1, "compression": "zstd"},
     "full-lz4": {"name": "full", "compression": "lz4"},
     "choco-zstd": {"name": "choco", "gamma": 0.5, "compression": "zstd"},
+    "jwins": {"name": "jwins", "options": {"fractions": [0.1, 0.3], "level": 3}},
+    "jwins-fft": {"name": "jwins", "options": {"transform": "fft", "fractions": [0.2], "error_feedback": True}},
 }
 
 
@@ -81,6 +83,45 @@ def test_fraction_one_is_full_sharing(scheme):
     full = sim(sharing={"name": "full"})
     partial = sim(sharing=scheme)
     assert (full.nodes.params - partial.nodes.params).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("error_feedback", [False, True])
+def test_jwins_without_a_transform_is_topk_on_the_raw_change(error_feedback):
+    topk = sim(sharing={"name": "topk", "fraction": 0.1, "error_feedback": error_feedback})
+    jwins = sim(sharing={"name": "jwins", "options": {"fractions": [0.1], "level": 0, "error_feedback": error_feedback}})
+    assert torch.equal(topk.nodes.params, jwins.nodes.params) and (topk.bytes_sent == jwins.bytes_sent).all()
+
+
+@pytest.mark.parametrize("transform", [{"wavelet": "haar"}, {"wavelet": "sym4", "level": 2}, {"transform": "fft"}])
+def test_jwins_sending_every_coefficient_is_full_sharing(transform):
+    full = sim(sharing={"name": "full"})
+    jwins = sim(sharing={"name": "jwins", "options": {"fractions": [1.0], **transform}})
+    assert (full.nodes.params - jwins.nodes.params).abs().max().item() <= 1e-5
+
+
+def test_jwins_draws_one_budget_per_round_from_its_list_and_refuses_bad_options():
+    cfg = parse_config({"sharing": {"name": "jwins", "options": {"fractions": [0.1, 0.5], "wavelet": "db2",
+                                                                  "level": 2}}}, check_files=False)
+    scheme = cfg.sharing.build(seed=7)
+    nodes = NodeBatch(torch.arange(3), torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)))
+    scheme.setup(nodes)
+    coefficients = scheme.forward(nodes.params)
+    assert coefficients.shape[1] == sum(scheme.lengths) > 1000   # db2 pads at the edges
+    torch.testing.assert_close(scheme.inverse(coefficients), nodes.params, atol=1e-5, rtol=0)
+    budgets = [scheme.fraction(rnd) for rnd in range(1, 41)]
+    assert set(budgets) == {0.1, 0.5} and budgets == [cfg.sharing.build(seed=7).fraction(r) for r in range(1, 41)]
+    for rnd in (1, 2, 3):
+        payload = scheme.encode(nodes, rnd)
+        assert payload["values"].shape == (3, round(scheme.fraction(rnd) * coefficients.shape[1]))
+        values, mask = scheme.decode_partial(payload)
+        assert values.shape == coefficients.shape and mask.sum(1).tolist() == [payload["values"].shape[1]] * 3
+    with pytest.raises(wire.MessageError, match="fits none of the budgets"):
+        scheme.decode_partial({"values": torch.zeros(1, 7), "indices": torch.zeros(1, 7, dtype=torch.int16)})
+    for options, message in [({"wavelet": "morlet"}, "not a PyWavelets discrete wavelet"),
+                             ({"fractions": []}, "fractions"), ({"fractions": [0.0]}, "fractions"),
+                             ({"level": 30}, "level = 30: a model of")]:
+        with pytest.raises((ConfigError, ValueError), match=message):
+            sim(sharing={"name": "jwins", "options": options}, rounds=1)
 
 
 def test_random_seed_and_explicit_indices_give_the_same_models_for_fewer_bytes():
@@ -294,7 +335,7 @@ def perturb(nodes, rnd):
 
 
 @pytest.mark.parametrize("scheme", ["random-seed", "topk-ef-indices", "choco-qsgd", "choco-randomk", "quantize-qsgd",
-                                    "quantize-uniform", "topk-zstd"])
+                                    "quantize-uniform", "topk-zstd", "jwins", "jwins-fft"])
 def test_message_passing_workers_match_the_simulator(scheme):
     cfg = parse_config({"seed": 5, "sharing": SCHEMES[scheme]}, check_files=False)
     n, size = 8, 300

@@ -49,6 +49,7 @@ class Stream(IntEnum):
     LOCAL_TEST = 18       # the share of a node's samples held out as its local test set
     PEER_PROBE = 19       # the training samples a node scores its peers' models on (PENS)
     AVAILABILITY = 20     # who is online: per round (bernoulli), or a node's on/off spells (sessions)
+    JWINS_BUDGET = 21     # the share of coefficients JWINS sends in a round
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

@@ -4,14 +4,16 @@ from meshlearn.sharing.base import (DenseSharing, Inbox, LinkInbox, PartialShari
                                     partial_average)
 from meshlearn.sharing.choco import ChocoSharing
 from meshlearn.sharing.full import FullSharing
+from meshlearn.sharing.jwins import JWINSSharing
 from meshlearn.sharing.quantize import QuantizeSharing
 from meshlearn.sharing.random import RandomSharing
 from meshlearn.sharing.topk import TopKSharing
 
 SHARINGS: dict[str, type[Sharing]] = {
-    cls.name: cls for cls in (FullSharing, RandomSharing, TopKSharing, ChocoSharing, QuantizeSharing)
+    cls.name: cls for cls in (FullSharing, RandomSharing, TopKSharing, ChocoSharing, QuantizeSharing, JWINSSharing)
 }
 
 
 __all__ = ["Inbox", "LinkInbox", "Payload", "dense_average", "Sharing", "DenseSharing", "PartialSharing", "partial_average",
-           "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "SHARINGS"]
+           "FullSharing", "RandomSharing", "TopKSharing", "ChocoSharing", "QuantizeSharing", "JWINSSharing",
+           "SHARINGS"]
