@@ -207,6 +207,58 @@ def test_parameter_server_applies_its_step_size_and_momentum():
     assert (velocity - update).abs().max().item() > 1e-3   # momentum mattered
 
 
+# --------------------------------------------------------------------------- sparse ternary compression
+
+
+@pytest.mark.parametrize("client_fraction", [1.0, 0.5])
+def test_stc_keeping_every_value_is_fedavg(client_fraction):
+    kw = dict(nodes=7, data={"dataset": "digits", "partition": "dirichlet", "alpha": 0.5},
+              training={"local_steps": 3, "batch_size": 8, "lr": 0.1})
+    fedavg = SimEngine(Experiment.build(fl_config(**kw, algorithm={"name": "fedavg",
+                                                                   "client_fraction": client_fraction})))
+    stc = SimEngine(Experiment.build(fl_config(**kw, algorithm={
+        "name": "stc", "options": {"client_fraction": client_fraction, "fraction": 1.0, "ternarize": False}})))
+    for rnd in range(1, 4):
+        fedavg.run_round(rnd)
+        stc.run_round(rnd)
+        assert (fedavg.nodes.params[SERVER] - stc.nodes.params[SERVER]).abs().max().item() <= 1e-5
+
+
+def test_stc_moves_everyone_by_one_sparse_ternary_broadcast_and_counts_its_bytes():
+    """Each round the global model (the same on every node) moves at exactly k coordinates, all
+    by the same magnitude; a sampled client sends one compressed update, the server one broadcast
+    per client, each message the wire size of its mean, sign bits and support."""
+    cfg = fl_config(nodes=6, model={"name": "mlp", "options": {"hidden": [16]}},
+                    algorithm={"name": "stc", "options": {"client_fraction": 0.6, "fraction": 0.05}})
+    sim = SimEngine(Experiment.build(cfg), run_id=RUN_ID)
+    size = sim.nodes.params.shape[1]
+    k = round(0.05 * size)
+    for rnd in range(1, cfg.rounds + 1):
+        before, start = sim.bytes_sent.copy(), sim.nodes.params[SERVER].clone()
+        sim.run_round(rnd)
+        assert (sim.nodes.params == sim.nodes.params[SERVER]).all()
+        step = (sim.nodes.params[SERVER] - start)[sim.nodes.params[SERVER] != start]
+        assert len(step) == k and torch.allclose(step.abs(), step.abs()[0].expand(k))
+        up = sim.algorithm.up.compress(torch.randn(1, size), torch.tensor([1]), rnd)
+        nbytes = lambda src, dst, meta: wire.message_nbytes(wire.Message(RUN_ID, src, rnd, "model",
+                                                                         {n: t[0] for n, t in up.items()}, meta))
+        sent = sim.bytes_sent - before
+        clients = sim.algorithm.clients(rnd)
+        assert sent[SERVER] == sum(nbytes(SERVER, c, {"dst": c, "step": 1}) for c in range(1, cfg.nodes))
+        for node in range(1, cfg.nodes):
+            assert sent[node] == (nbytes(node, SERVER, {"dst": SERVER}) if node in clients else 0)
+    # FedAvg sends 2 whole models per sampled client and round: STC's fraction 0.05 costs under a tenth of that
+    assert sim.bytes_sent.sum() < 0.1 * (2 * 3 * cfg.rounds) * 4 * size
+
+
+@pytest.mark.parametrize("change, message", [({"sharing": {"name": "topk"}}, "sharing.name = 'full'"),
+                                             ({"model": {"name": "logreg", "same_init": False}}, "same_init"),
+                                             ({"availability": {"model": "bernoulli"}}, "availability")])
+def test_stc_refuses_what_would_break_the_shared_global_model(change, message):
+    with pytest.raises(Exception, match=message):
+        fl_config(algorithm={"name": "stc"}, **change)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -239,7 +291,8 @@ def test_evaluation_reports_only_the_server_model(tmp_path):
 @pytest.mark.parametrize("algorithm", [
     {"name": "fedavg", "client_fraction": 0.5},
     {"name": "parameter_server", "client_fraction": 0.5, "server_lr": 0.5, "server_momentum": 0.9},
-], ids=["fedavg", "parameter-server"])
+    {"name": "stc", "options": {"client_fraction": 0.5, "fraction": 0.1}},
+], ids=["fedavg", "parameter-server", "stc"])
 def test_processes_match_sim_for_federated(algorithm):
     cfg = fl_config(nodes=8, algorithm=algorithm, training={"local_steps": 3, "batch_size": 8, "lr": 0.1},
                     evaluation={"every": 1, "test_samples": 100}, engine={"timeout_s": 120})

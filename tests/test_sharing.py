@@ -34,6 +34,7 @@ SCHEMES = {
     "topk-zstd": {"name": "topk", "fraction": 0.1, "compression": "zstd"},
     "full-lz4": {"name": "full", "compression": "lz4"},
     "choco-zstd": {"name": "choco", "gamma": 0.5, "compression": "zstd"},
+    "choco-stc": {"name": "choco", "gamma": 0.3, "compressor": {"name": "stc", "fraction": 0.05}},
     "jwins": {"name": "jwins", "options": {"fractions": [0.1, 0.3], "level": 3}},
     "jwins-fft": {"name": "jwins", "options": {"transform": "fft", "fractions": [0.2], "error_feedback": True}},
 }

@@ -22,7 +22,7 @@ from meshlearn.sharing import Sharing
 from meshlearn.streams import Stream
 from meshlearn.topology.schedule import RoundGraph
 
-__all__ = ["FedAvg", "ParameterServer", "SERVER"]
+__all__ = ["FedAvg", "ParameterServer", "STC", "SERVER"]
 
 SERVER = 0
 
@@ -132,3 +132,78 @@ class ParameterServer(FedAvg):
         for row in rows:
             self.velocity.mul_(self.server_momentum).add_(mean_update[row])
             nodes.params[row] += self.server_lr * self.velocity
+
+
+class STC(FedAvg):
+    """Sparse Ternary Compression (Sattler et al., IEEE TNNLS 2019): FedAvg whose updates are
+    compressed both ways. A sampled client sends its update plus what it left unsent before
+    (error feedback) as the top ``fraction`` of coordinates, each ± their mean magnitude; the
+    server averages what arrives, adds its own unsent remainder and broadcasts that, compressed
+    the same way, to every client; server and clients add the broadcast to the model they
+    started the round from, so all hold the same global model. ``ternarize = false`` sends the
+    top-k values themselves; ``fraction = 1`` without ternarizing is FedAvg."""
+
+    name = "stc"
+    sends_through_sharing = False   # clients and server send compressed updates, not the scheme's messages
+
+    def __init__(self, sharing: Sharing,
+                 client_fraction: ClientFraction = 1.0,
+                 fraction: Annotated[float, Field(gt=0, le=1, description="share of the coordinates each update "
+                                                  "keeps")] = 0.01,
+                 ternarize: Annotated[bool, Field(description="send ± the mean magnitude instead of the values")
+                                      ] = True,
+                 downstream: Annotated[bool, Field(description="compress the server's broadcast too")] = True):
+        super().__init__(sharing, client_fraction)
+        from meshlearn.sharing.compressors import Identity, SparseTernary, TopK
+
+        self.up = (SparseTernary if ternarize else TopK)(fraction)
+        self.down = (SparseTernary if ternarize else TopK)(fraction) if downstream else Identity()
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        from meshlearn.sharing import FullSharing
+
+        what = f"algorithm.name = {cfg.algorithm.name!r}"
+        if not issubclass(cfg.sharing.implementation(), FullSharing):
+            raise ValueError(f"{what} compresses its updates itself: use sharing.name = 'full'")
+        if not cfg.model.same_init:
+            raise ValueError(f"{what} sends updates of one global model, so every node starts from it: "
+                             "remove model.same_init = false")
+        if cfg.availability.model != "always":
+            raise ValueError(f"{what} keeps every client's copy of the global model in step with the server's "
+                             "broadcasts, which an offline client would miss: remove [availability]")
+
+    def setup(self, nodes: NodeBatch, experiment) -> None:
+        super().setup(nodes, experiment)
+        self.up.setup(nodes.params.shape[1])
+        self.down.setup(nodes.params.shape[1])
+        nodes.state["stc_residual"] = torch.zeros_like(nodes.params)   # a client's upload's, the server's broadcast's
+
+    def round(self, nodes: NodeBatch, rnd: int, ctx: RoundContext) -> torch.Tensor:
+        clients = self.clients(rnd)
+        _, up = self.graphs(clients)
+        ids = nodes.ids.numpy()
+        sampled, server = torch.from_numpy(np.isin(ids, clients)), torch.from_numpy(ids == SERVER)
+        start = nodes.params.clone()
+        loss = ctx.train(nodes, sampled)
+        residual = nodes.state["stc_residual"]
+        update = nodes.params - start + residual
+        message = self.up.compress(update, nodes.ids, rnd)
+        residual[sampled] = (update - self.up.decompress(message))[sampled]
+        mean = ctx.exchange(nodes, message, rnd, up).weighted_sum(self.up.decompress)
+        pending = torch.where(server.unsqueeze(1), mean + residual, torch.zeros_like(mean))
+        broadcast = self.down.compress(pending, nodes.ids, rnd)
+        sent = self.down.decompress(broadcast)
+        residual[server] = (pending - sent)[server]
+        received = ctx.exchange(nodes, broadcast, rnd, self.broadcast_graph()).weighted_sum(self.down.decompress)
+        nodes.params = start + torch.where(server.unsqueeze(1), sent, received)
+        return loss
+
+    def broadcast_graph(self) -> RoundGraph:
+        """The server to every client, weight 1 (every client stays in step)."""
+        clients = np.arange(1, self.n)
+        keep = np.ones(self.n)
+        keep[clients] = 0.0
+        return RoundGraph.from_links(self.n, clients, np.full(len(clients), SERVER), np.ones(len(clients)), keep,
+                                     "server → all clients")

@@ -29,7 +29,7 @@ from meshlearn.streams import Stream
 from meshlearn.wire import MessageError
 
 __all__ = [
-    "Compressor", "Identity", "TopK", "RandomK", "QSGD", "Uniform", "COMPRESSORS",
+    "Compressor", "Identity", "TopK", "SparseTernary", "RandomK", "QSGD", "Uniform", "COMPRESSORS",
     "round_seeds", "count", "top_indices", "encode_support", "decode_support", "scatter", "pack_bits",
     "unpack_bits", "Fraction", "BucketSize", "Levels", "Bits",
 ]
@@ -219,6 +219,29 @@ class TopK(_Sparsifier):
         return top_indices(rows, self.k)
 
 
+class SparseTernary(TopK):
+    """Sparse ternary compression (STC, Sattler et al. 2019): the top k coordinates, each sent
+    as ± the mean magnitude of the k, i.e. one float, k sign bits and the support."""
+
+    name = "stc"
+
+    def payload(self, values: torch.Tensor, idx: torch.Tensor) -> Payload:
+        chosen = values.gather(1, idx)
+        return {"mean": chosen.abs().mean(1), "signs": pack_bits((chosen < 0).to(torch.uint8), 1),
+                **encode_support(idx, self.size)}
+
+    def decompress_partial(self, payload):
+        mean = _expect(payload, "mean", (), torch.float32)
+        if (mean < 0).any():
+            raise MessageError("sparse ternary means must be non-negative")
+        signs = _expect(payload, "signs", (math.ceil(self.k / 8),), torch.uint8, rows=mean.shape[0])
+        mask = self.mask(payload)
+        if mask.shape[0] != mean.shape[0]:
+            raise MessageError(f"payload has means of {mean.shape[0]} senders, support of {mask.shape[0]}")
+        values = mean.unsqueeze(1) * (1 - 2 * unpack_bits(signs, 1, self.k).to(mean.dtype))
+        return scatter(values, mask), mask.to(mean.dtype)
+
+
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) increasing indices of each row's k largest |scores|."""
     if k == scores.shape[1]:
@@ -375,5 +398,5 @@ class Uniform(_Bucketed):
 
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    c.name: c for c in (Identity, TopK, RandomK, QSGD, Uniform)
+    c.name: c for c in (Identity, TopK, SparseTernary, RandomK, QSGD, Uniform)
 }
