@@ -148,6 +148,16 @@ def test_processes_match_sim(workers):
     assert engine.message_bytes == sim.message_bytes
 
 
+def test_processes_match_sim_on_a_knn_overlay():
+    """The overlay is built from the partition, which every process draws alike: same graph,
+    same models."""
+    cfg = small_config(nodes=8, rounds=2, data__partition="shards", topology={"kind": "knn", "options": {"degree": 2}},
+                       engine__timeout_s=120)
+    sim, sim_reports = run_sim(cfg)
+    engine, reports, _ = run_processes(cfg, workers=2)
+    assert_same_run(sim, sim_reports, engine, reports)
+
+
 @pytest.mark.parametrize("sharing", [
     {"name": "topk", "fraction": 0.3, "error_feedback": True},
     {"name": "full", "compression": "zstd"},

@@ -130,10 +130,30 @@ def test_dumbbell_is_two_cliques_joined_by_bridges():
         topology.check_params("dumbbell", 10, bridges=6)
 
 
+def test_knn_links_each_node_to_its_least_or_most_similar_label_distributions():
+    # nodes 0-2 hold class 0, nodes 3-5 class 1, node 6 both (|cosine| 0.707 to everyone)
+    counts = np.array([[9, 0], [5, 0], [7, 0], [0, 4], [0, 8], [0, 6], [3, 3]])
+    least = topology.build("knn", 7, seed=1, label_counts=counts, degree=2)
+    for i in range(6):   # a one-class node picks two of the other class (cosine 0), never its own class
+        assert sum(counts[j].argmax() != counts[i].argmax() and counts[j].min() == 0 for j in least.adj[i]) >= 2
+        assert not [j for j in least.adj[i] if counts[j].argmax() == counts[i].argmax() and counts[j].min() == 0]
+    assert least.number_of_nodes() == 7 and nx.is_connected(least)
+    most = topology.build("knn", 7, seed=1, label_counts=counts, degree=3, pick="most")
+    assert set(most.adj[0]) >= {1, 2} and set(most.adj[3]) >= {4, 5}   # its own class first (cosine 1)
+    again = topology.build("knn", 7, seed=1, label_counts=counts, degree=3, pick="most")
+    assert set(most.edges()) == set(again.edges())
+    with pytest.raises(ValueError, match="splits the nodes into 2 groups; raise the degree"):
+        topology.build("knn", 6, seed=1, label_counts=counts[:6], degree=1, pick="most")
+    with pytest.raises(ValueError, match="needs a run's data partition"):
+        topology.build("knn", 7, degree=2)
+    with pytest.raises(ValueError, match="must be 'least' or 'most'"):
+        topology.check_params("knn", 7, degree=2, pick="closest")
+
+
 def test_registry_and_build():
     assert set(topology.TOPOLOGIES) == {
         "ring", "torus", "grid", "regular", "fully_connected",
-        "erdos_renyi", "watts_strogatz", "star", "exponential", "dumbbell",
+        "erdos_renyi", "watts_strogatz", "star", "exponential", "dumbbell", "knn",
     }
     G = topology.build("regular", 12, seed=5, degree=3)
     assert degrees(G) == [3] * 12

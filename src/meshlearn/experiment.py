@@ -64,7 +64,9 @@ class Experiment:
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
             parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
-            schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg))
+            labels = np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
+            schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg, labels),
+                                        label_counts=labels)
             for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
                 schedule.graph(phase.from_round)
             first = schedule.graph(1)
@@ -202,8 +204,9 @@ def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int
     return train, tests
 
 
-def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
-    """The first phase's fixed graph (a dynamic topology's round graphs are drawn per round)."""
+def _build_graph(cfg: ExperimentConfig, label_counts: np.ndarray) -> nx.Graph:
+    """The first phase's fixed graph (a dynamic topology's round graphs are drawn per round);
+    ``label_counts`` (nodes × classes) is the data the overlays built on it read."""
     topo = cfg.topology
     if topo.kind == "file":
         try:
@@ -211,7 +214,7 @@ def _build_graph(cfg: ExperimentConfig) -> nx.Graph:
         except ValueError as exc:
             raise ValueError(f"topology.path = {topo.path!r}: {exc}") from None
     else:
-        graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, **topo.options)
+        graph = topology.build(topo.kind, cfg.nodes, seed=cfg.seed, label_counts=label_counts, **topo.options)
     if cfg.nodes > 1 and not topo.dynamic and not topology.is_connected(graph):
         raise ValueError("the topology is not connected, so models can never reach consensus; "
                          "raise topology.options.degree / topology.options.p or fix the topology file")

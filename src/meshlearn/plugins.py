@@ -94,7 +94,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            ("labels", "num_nodes", "rng", "users", "seed", "min_samples"), None,
            "splits the training set across nodes (a list of index arrays)"),
     Family("topology", "topology.kind", "topology.options", "meshlearn.topology.generators:TOPOLOGIES",
-           ("n", "seed"), None,
+           ("n", "seed", "label_counts"), None,
            "builds the communication graph (a networkx graph on nodes 0..n-1)"),
     Family("model", "model.name", "model.options", "meshlearn.models:MODELS", ("input_shape", "num_classes"),
            "torch.nn:Module", "the network every node trains"),

@@ -8,12 +8,14 @@ never reaches consensus, and a run would silently train isolated islands.
 
 from __future__ import annotations
 
+import inspect
 import math
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import networkx as nx
 import numpy as np
+from pydantic import Field
 
 __all__ = [
     "ring",
@@ -26,6 +28,7 @@ __all__ = [
     "star",
     "exponential",
     "dumbbell",
+    "knn",
     "TOPOLOGIES",
     "check_params",
     "build",
@@ -209,6 +212,38 @@ def dumbbell(n: int, bridges: int = 1) -> nx.Graph:
     return G
 
 
+def knn(n: int, label_counts: np.ndarray | None = None,
+        degree: Annotated[int, Field(ge=1, description="nodes each node picks")] = 4,
+        pick: Annotated[Literal["least", "most"], Field(description="the least or the most similar nodes")] = "least",
+        seed: int | None = 0) -> nx.Graph:
+    """A KNN overlay on the nodes' data: each node links to the ``degree`` nodes whose label
+    distributions are least (``pick = "most"``: most) similar to its own, the similarity being
+    the |cosine| of their label-count vectors rounded to 3 decimals, ties drawn from ``seed``;
+    links are undirected, so a node's degree is at least ``degree``. Linking unlike nodes (the
+    default, as DecentralizePy's KNN overlay does) gives every neighbourhood a label mix closer
+    to the whole data set's under non-IID partitions, which is what averaging needs; "most"
+    builds communities of like nodes instead."""
+    if label_counts is None:
+        raise ValueError("topology.kind = 'knn' is built from the nodes' label counts: it needs a run's data "
+                         "partition (a config run by meshlearn run), not a graph on its own")
+    counts = np.asarray(label_counts, dtype=np.float64)
+    if counts.shape[0] != n:
+        raise ValueError(f"topology.kind = 'knn': label counts of {counts.shape[0]} nodes for nodes = {n}")
+    norms = np.linalg.norm(counts, axis=1, keepdims=True)
+    unit = counts / np.where(norms > 0, norms, 1.0)
+    similarity = np.round(np.abs(unit @ unit.T), 3)
+    score = similarity if pick == "least" else -similarity
+    np.fill_diagonal(score, np.inf)
+    ties = np.random.default_rng(seed).random((n, n))
+    G = _empty(n)
+    for i in range(n):
+        G.add_edges_from((i, int(j)) for j in np.lexsort((ties[i], score[i]))[:degree])
+    if n > 1 and not nx.is_connected(G):
+        raise ValueError(f"topology.kind = 'knn' with topology.options.degree = {degree} splits the nodes into "
+                         f"{nx.number_connected_components(G)} groups; raise the degree")
+    return G
+
+
 TOPOLOGIES: dict[str, Callable[..., nx.Graph]] = {
     "ring": ring,
     "torus": torus,
@@ -220,6 +255,7 @@ TOPOLOGIES: dict[str, Callable[..., nx.Graph]] = {
     "star": star,
     "exponential": exponential,
     "dumbbell": dumbbell,
+    "knn": knn,
 }
 
 # Parameters each generator takes besides n (and seed), and which must be given.
@@ -234,9 +270,10 @@ _PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "star": ((), ()),
     "exponential": ((), ()),
     "dumbbell": (("bridges",), ()),
+    "knn": (("degree", "pick"), ("degree",)),
 }
-_SEEDED = {"regular", "erdos_renyi", "watts_strogatz"}
-_KNOWN_PARAMS = ("degree", "p", "k", "rows", "bridges")
+_SEEDED = {"regular", "erdos_renyi", "watts_strogatz", "knn"}
+_KNOWN_PARAMS = ("degree", "p", "k", "rows", "bridges", "pick")
 
 
 def _is_int(x: Any) -> bool:
@@ -277,7 +314,12 @@ def check_params(kind: str, n: int, **params: Any) -> None:
     if "p" in given and not _is_real(given["p"]):
         raise ValueError(f"topology.options.p = {given['p']!r} must be a number")
 
-    if kind == "regular":
+    if kind == "knn":
+        if given.get("pick", "least") not in ("least", "most"):
+            raise ValueError(f"topology.options.pick = {given['pick']!r} must be 'least' or 'most' (similar)")
+        if not 1 <= given["degree"] < n:
+            raise ValueError(f"topology.options.degree = {given['degree']} must be in 1..{n - 1} (nodes - 1)")
+    elif kind == "regular":
         d = given["degree"]
         if d < 1:
             raise ValueError(f"topology.options.degree = {d} must be >= 1")
@@ -328,16 +370,19 @@ def check_params(kind: str, n: int, **params: Any) -> None:
             )
 
 
-def build(kind: str, n: int, seed: int | None = 0, **params: Any) -> nx.Graph:
-    """Validate with :func:`check_params`, then generate; ``seed`` only matters for random kinds.
+def build(kind: str, n: int, seed: int | None = 0, label_counts: np.ndarray | None = None,
+          **params: Any) -> nx.Graph:
+    """Validate with :func:`check_params`, then generate; ``seed`` only matters for random kinds,
+    ``label_counts`` (nodes × classes training labels) for those built on the data (``knn``).
 
     ``kind`` may also be a user's generator by import path: a function ``(n, **options)``
-    (taking ``seed`` too if it is random) that returns a networkx graph on nodes 0..n-1.
+    (taking ``seed`` too if it is random, ``label_counts`` if it reads the data) that returns
+    a networkx graph on nodes 0..n-1.
     """
     if kind not in TOPOLOGIES and ":" in kind:
         from meshlearn import plugins
 
-        G = plugins.build("topology", kind, params, n=n, seed=seed)
+        G = plugins.build("topology", kind, params, n=n, seed=seed, label_counts=label_counts)
         if not isinstance(G, nx.Graph) or set(G.nodes) != set(range(n)):
             raise ValueError(f"topology.kind = {kind!r} must return a networkx graph on nodes 0..{n - 1}, "
                              f"got {type(G).__name__} with {getattr(G, 'number_of_nodes', lambda: '?')()} nodes")
@@ -347,4 +392,6 @@ def build(kind: str, n: int, seed: int | None = 0, **params: Any) -> nx.Graph:
     kwargs = {key: value for key, value in params.items() if value is not None and key in accepted}
     if kind in _SEEDED:
         kwargs["seed"] = seed
+    if "label_counts" in inspect.signature(TOPOLOGIES[kind]).parameters:   # built on the data
+        kwargs["label_counts"] = label_counts
     return TOPOLOGIES[kind](n, **kwargs)

@@ -145,8 +145,9 @@ def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
 class TopologySchedule:
     """The communication graph of every round, as the ``[topology]`` config describes it."""
 
-    def __init__(self, cfg, base: nx.Graph | None = None):
+    def __init__(self, cfg, base: nx.Graph | None = None, label_counts: np.ndarray | None = None):
         self.cfg = cfg                      # ExperimentConfig
+        self.label_counts = label_counts    # nodes × classes: what overlays built on the data read (knn)
         self.n = cfg.nodes
         self.phases = sorted([(1, cfg.topology), *((p.from_round, p) for p in cfg.topology.schedule)],
                              key=lambda item: item[0])
@@ -205,7 +206,7 @@ class TopologySchedule:
             return epidemic(self.n, phase.peers, self.cfg.seed, rnd)
         if phase.dynamic:
             G = generators.build(phase.kind, self.n, seed=streams.seed_of(self.cfg.seed, Stream.GRAPH, 0, rnd),
-                                 **phase.options)
+                                 label_counts=self.label_counts, **phase.options)
             return RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), f"dynamic {phase.kind}")
         if index not in self._static:
             G = self._base if index == 0 and self._base is not None else self.static_graph(phase)
@@ -223,4 +224,5 @@ class TopologySchedule:
                 where = next((f"topology.schedule[{k}]" for k, p in enumerate(self.cfg.topology.schedule)
                               if p is phase), "topology")
                 raise ValueError(f"{where}.path = {phase.path!r}: {exc}") from None
-        return generators.build(phase.kind, self.n, seed=self.cfg.seed, **phase.options)
+        return generators.build(phase.kind, self.n, seed=self.cfg.seed, label_counts=self.label_counts,
+                                **phase.options)
