@@ -13,9 +13,11 @@ from conftest import small_config
 from test_processes import run_processes, run_sim
 
 import meshlearn
+from meshlearn import streams
 from meshlearn.evaluation import Evaluation, RoundReport, round_record
 from meshlearn.experiment import Experiment, hold_out_local_tests
 from meshlearn.results import merge_runs, read_jsonl
+from meshlearn.streams import Stream
 
 LOCAL_KEYS = {"local_acc_mean", "local_acc_min", "local_acc_p10", "local_acc_worst_node", "local_loss_mean",
               "local_nodes"}
@@ -222,3 +224,62 @@ def test_processes_report_the_simulator_local_figures():
             ra, rb = round_record(a)[0], round_record(b)[0]
             assert ra["local_nodes"] == rb["local_nodes"] == 7
             assert {k: ra[k] for k in LOCAL_KEYS} == {k: rb[k] for k in LOCAL_KEYS}
+
+
+# validation sets
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((model(torch.from_numpy(x)).argmax(1) == torch.from_numpy(y)).float().mean())
+
+
+@pytest.mark.parametrize("source", ["train", "test"])
+def test_validation_is_held_out_and_scored_next_to_the_test_set(source, tmp_path):
+    """From train: each node's own share (disjoint from its training part and local test set);
+    from test: one set out of the test samples. The recorded val_acc of every node is its final
+    model's accuracy on that set, and ``meshlearn merge`` rebuilds the same figures."""
+    cfg = small_config(evaluation__validation=0.2, evaluation__validation_from=source, evaluation__local_test=0.1,
+                       evaluation__test_samples=0)
+    exp = Experiment.build(cfg)
+    whole = Experiment.build(small_config(evaluation__local_test=0.1)).parts
+    run = meshlearn.run(cfg, out=tmp_path / "run")
+    final = run.nodes[run.nodes["round"] == cfg.rounds].set_index("node")
+    ds, n_test = exp.dataset, len(exp.dataset.y_test)
+    if source == "train":
+        for node, (train, val, local, share) in enumerate(zip(exp.parts, exp.validations, exp.local_tests, whole)):
+            assert len(val) == round(len(share) * 0.2) > 0 and not set(val) & (set(train) | set(local))
+            np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), share)
+    else:
+        assert all(len(v) == 0 for v in exp.validations) and [len(p) for p in exp.parts] == [len(p) for p in whole]
+    accs = []
+    for node, state in enumerate(run.models()):
+        exp.model.load_state_dict(state)
+        if source == "train":
+            x, y = ds.x_train[exp.validations[node]], ds.y_train[exp.validations[node]]
+        else:
+            held = np.zeros(n_test, dtype=bool)
+            held[streams.generator(cfg.seed, Stream.VALIDATION).choice(
+                n_test, round(0.2 * n_test), replace=False)] = True
+            x, y = ds.x_test[held], ds.y_test[held]
+            assert final.loc[node, "test_acc"] == pytest.approx(_accuracy(exp.model, ds.x_test[~held],
+                                                                          ds.y_test[~held]), abs=1e-6)
+        accs.append(_accuracy(exp.model, x, y))
+        assert final.loc[node, "val_acc"] == pytest.approx(accs[-1], abs=1e-6)
+    last = run.rounds.iloc[-1]
+    assert last["val_acc_mean"] == pytest.approx(np.mean(accs), abs=1e-6) and last["val_acc_min"] == pytest.approx(
+        min(accs), abs=1e-6)
+    merge_runs([tmp_path / "run"], tmp_path / "merged")
+    keys = ("val_acc_mean", "val_acc_min", "val_loss_mean")
+    for a, b in zip(read_jsonl(tmp_path / "run" / "rounds.jsonl"), read_jsonl(tmp_path / "merged" / "rounds.jsonl"),
+                    strict=True):
+        assert {k: b[k] for k in keys} == pytest.approx({k: a[k] for k in keys})
+
+
+def test_processes_report_the_simulator_validation_figures():
+    cfg = small_config(nodes=8, rounds=2, evaluation__validation=0.2, engine__timeout_s=120)
+    _, sim_reports = run_sim(cfg)
+    _, reports, extra = run_processes(cfg, workers=2)
+    assert extra["failures"] == []
+    for a, b in zip(_evaluations(reports), _evaluations(sim_reports), strict=True):
+        np.testing.assert_allclose(a.val_acc, b.val_acc, atol=1e-6)
+        np.testing.assert_allclose(a.val_loss, b.val_loss, rtol=1e-5)

@@ -439,6 +439,11 @@ class EvaluationConfig(_Section):
     average_model: bool = Field(True, description="also test the average of all node models")
     local_test: float = Field(0.0, ge=0, lt=1, description="share of each node's own training samples held out "
                               "as its local test set (same label distribution as the node); 0 = none")
+    validation: float = Field(0.0, ge=0, lt=1, description="share held out as a validation set, scored next to the "
+                              "test set (val_acc, val_loss); 0 = none")
+    validation_from: Literal["train", "test"] = Field(
+        "train", description="train: each node's own training samples (its label distribution); test: the test set "
+        "(one validation set for every node, out of the test samples)")
     stop_on_divergence: bool = Field(True, description="stop the run (status \"diverged\") once a node's model "
                                      "turns NaN or infinite; false: record the round and keep going")
 

@@ -39,23 +39,33 @@ class Evaluator:
         self.server_only = experiment.config.algorithm.implementation().server
         if self.server_only:
             self.node_ids = np.array([0])
-        m = len(ds.y_test)
-        test_idx = np.sort(test_rng.choice(m, cfg.test_samples, replace=False)) if 0 < cfg.test_samples < m else None
-        self.x = torch.from_numpy(ds.x_test if test_idx is None else ds.x_test[test_idx])
-        self.y = torch.from_numpy(ds.y_test if test_idx is None else ds.y_test[test_idx])
+        tests = np.arange(len(ds.y_test))
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None   # validation_from = "test": the shared set
+        if cfg.validation > 0 and cfg.validation_from == "test":
+            held = np.zeros(len(tests), dtype=bool)
+            held[streams.generator(seed, Stream.VALIDATION).choice(len(tests), max(1, round(cfg.validation *
+                                                                                          len(tests))), replace=False)] = True
+            self.validation = torch.from_numpy(ds.x_test[held]), torch.from_numpy(ds.y_test[held])
+            tests = tests[~held]
+        m = len(tests)
+        if 0 < cfg.test_samples < m:
+            tests = tests[np.sort(test_rng.choice(m, cfg.test_samples, replace=False))]
+        self.x, self.y = torch.from_numpy(ds.x_test[tests]), torch.from_numpy(ds.y_test[tests])
         self.experiment = experiment
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.cfg = cfg
-        self._own_samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # node → its local test set
+        self._own_samples: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor] | None] = {}   # held-out sets
 
     def due(self, rnd: int) -> bool:
         """Round 0 (the initial models), every ``evaluation.every`` rounds, and the last round."""
         return rnd % self.cfg.every == 0 or rnd == self.experiment.config.rounds
 
-    def models(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(accuracy, loss) of each row of ``params`` on the test sample."""
+    def models(self, params: torch.Tensor, samples: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(accuracy, loss) of each row of ``params`` on the test sample (or ``samples``)."""
         exp = self.experiment
-        return metrics.evaluate_models(self.model, exp.layout, params, self.x, self.y,
+        x, y = samples or (self.x, self.y)
+        return metrics.evaluate_models(self.model, exp.layout, params, x, y,
                                        batch_size=self.cfg.batch_size, chunk_size=exp.chunk_size,
                                        batched=exp.batching == "vmap")
 
@@ -72,16 +82,22 @@ class Evaluator:
             evaluation.local_acc, evaluation.local_loss = self.own(clients, params[rows].expand(len(clients), -1))
         elif self.cfg.local_test > 0:
             evaluation.local_acc, evaluation.local_loss = self.own(evaluation.nodes, params[rows])
+        if self.validation is not None:
+            acc, loss = self.models(params[rows], self.validation) if len(rows) else (torch.empty(0), torch.empty(0))
+            evaluation.val_acc, evaluation.val_loss = acc.numpy(), loss.numpy()
+        elif self.cfg.validation > 0:
+            evaluation.val_acc, evaluation.val_loss = self.own(evaluation.nodes, params[rows], "validation")
         return evaluation
 
-    def own(self, nodes: np.ndarray, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def own(self, nodes: np.ndarray, params: torch.Tensor, kind: str = "local test") -> tuple[np.ndarray, np.ndarray]:
         """(accuracy, loss) of each node's model (row of ``params``) on the node's own local test
-        set: how well it serves its own data distribution. NaN for a node without one."""
+        set (``kind = "validation"``: its validation set): how well it serves its own data
+        distribution. NaN for a node without one."""
         acc = np.full(len(nodes), np.nan, dtype=np.float32)
         loss = np.full(len(nodes), np.nan, dtype=np.float32)
         exp = self.experiment
         for i, node in enumerate(nodes.tolist()):
-            samples = self._samples_of(node)
+            samples = self._samples_of(node, kind)
             if samples is None:
                 continue
             node_acc, node_loss = metrics.evaluate_models(self.model, exp.layout, params[i:i + 1], *samples,
@@ -90,14 +106,16 @@ class Evaluator:
             acc[i], loss[i] = float(node_acc[0]), float(node_loss[0])
         return acc, loss
 
-    def _samples_of(self, node: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        tests = self.experiment.local_tests
-        if node >= len(tests) or len(tests[node]) == 0:
-            return None
-        if node not in self._own_samples:
-            ds, idx = self.experiment.dataset, tests[node]
-            self._own_samples[node] = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])
-        return self._own_samples[node]
+    def _samples_of(self, node: int, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A node's held-out samples; a server's validation set is its clients' together."""
+        if (kind, node) not in self._own_samples:
+            sets = self.experiment.local_tests if kind == "local test" else self.experiment.validations
+            idx = np.concatenate(sets) if self.server_only and kind == "validation" else \
+                sets[node] if node < len(sets) else np.zeros(0, dtype=np.int64)
+            ds = self.experiment.dataset
+            self._own_samples[kind, node] = (torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])) \
+                if len(idx) else None
+        return self._own_samples[kind, node]
 
     def average(self, evaluation: "Evaluation", mean: torch.Tensor) -> None:
         """Add the averaged model's accuracy and loss, when configured."""
@@ -121,6 +139,8 @@ class Evaluation:
     local_acc: np.ndarray | None = None    # each node on its own local test set (NaN: it has none);
     local_loss: np.ndarray | None = None   # None unless evaluation.local_test > 0
     local_nodes: np.ndarray | None = None  # whom local_acc is about when not ``nodes`` (a server's clients)
+    val_acc: np.ndarray | None = None      # each evaluated node on the validation set (its own, or the shared);
+    val_loss: np.ndarray | None = None     # None unless evaluation.validation > 0
 
     @property
     def locally_scored(self) -> np.ndarray:
@@ -183,6 +203,8 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
             record.update(ev.topology)
         if ev.local_acc is not None:
             record.update(_local_figures(ev))
+        if ev.val_acc is not None:
+            record.update(**_describe(ev.val_acc, "val_acc"), **_describe(ev.val_loss, "val_loss"))
         position = {int(node): i for i, node in enumerate(report.nodes)}
         by_node: dict[int, dict[str, Any]] = {}
 
@@ -196,6 +218,9 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
 
         for node, acc, loss in zip(ev.nodes, ev.acc, ev.loss):
             row_of(int(node)).update(test_acc=float(acc), test_loss=float(loss))
+        if ev.val_acc is not None:
+            for node, acc, loss in zip(ev.nodes, ev.val_acc, ev.val_loss):
+                row_of(int(node)).update(val_acc=float(acc), val_loss=float(loss))
         if ev.local_acc is not None:
             for node, acc, loss in zip(ev.locally_scored, ev.local_acc, ev.local_loss):
                 row_of(int(node)).update(local_acc=float(acc), local_loss=float(loss))

@@ -44,6 +44,7 @@ class Experiment:
     chunk_size: int
     byzantine: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted ids
     local_tests: list[np.ndarray] = field(default_factory=list)   # each node's held-out samples (x_train rows)
+    validations: list[np.ndarray] = field(default_factory=list)   # validation_from = "train": each node's (x_train rows)
     availability: Availability | None = None   # who is online each round (None: everyone, always)
     training_times: np.ndarray | None = None   # round-based engines: each node's virtual seconds per training
 
@@ -64,6 +65,8 @@ class Experiment:
             if server:
                 parts = [np.zeros(0, dtype=np.int64), *parts]
             parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
+            held = cfg.evaluation.validation if cfg.evaluation.validation_from == "train" else 0.0
+            parts, validations = hold_out_local_tests(parts, held, cfg.data.min_samples, cfg.seed, Stream.VALIDATION)
             labels = np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg, labels),
                                         label_counts=labels)
@@ -86,8 +89,8 @@ class Experiment:
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
-                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, availability,
-                         times)
+                         cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, validations,
+                         availability, times)
         if cfg.sharing.private:
             experiment.shared_columns()   # refuse patterns that do not fit the model before any training
         if cfg.engine.name != "sim":
@@ -182,10 +185,11 @@ class Experiment:
         return plugins.build("attack", byz.attack, byz.options, seed=self.config.seed)
 
 
-def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int,
-                         seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Split each node's samples into (training, local test) with the node's own ``LOCAL_TEST``
-    stream, so the split depends only on the seed and the node, whatever the engine.
+def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int, seed: int,
+                         stream: Stream = Stream.LOCAL_TEST) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split each node's samples into (training, local test) with the node's own ``stream``
+    (a validation set: ``VALIDATION``), so the split depends only on the seed and the node,
+    whatever the engine.
 
     The test set is a uniform draw from the node's samples, hence follows its label distribution.
     A node with m samples holds out round(m·share), at least 1 while m ≥ 2, but always keeps
@@ -198,7 +202,7 @@ def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int
         m = len(part)
         held = max(0, min(max(round(m * share), 1 if m >= 2 else 0), m - min_samples))
         chosen = np.zeros(m, dtype=bool)
-        chosen[streams.generator(seed, Stream.LOCAL_TEST, node).choice(m, held, replace=False)] = True
+        chosen[streams.generator(seed, stream, node).choice(m, held, replace=False)] = True
         train.append(part[~chosen])
         tests.append(np.sort(part[chosen]))
     return train, tests

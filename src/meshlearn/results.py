@@ -208,7 +208,7 @@ def clean_json(value: Any) -> Any:
 
 
 _ROW_KEYS = {"round", "node", "test_acc", "test_loss", "train_loss", "bytes_sent", "header_bytes", "local_acc",
-             "local_loss"}
+             "local_loss", "val_acc", "val_loss"}
 
 
 def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
@@ -264,6 +264,9 @@ def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
                                  evaluation=Evaluation(nodes[tested], col("test_acc", np.float64)[tested],
                                                        col("test_loss", np.float64)[tested], samples),
                                  node_metrics={k: col(k, np.float64) for k in extra})
+            if any("val_acc" in r for r in rows):   # evaluation.validation > 0
+                report.evaluation.val_acc = col("val_acc", np.float64)[tested]
+                report.evaluation.val_loss = col("val_loss", np.float64)[tested]
             local = np.array(["local_acc" in r for r in rows], dtype=bool)
             if local.any():   # evaluation.local_test > 0
                 ev = report.evaluation

@@ -50,6 +50,7 @@ class Stream(IntEnum):
     PEER_PROBE = 19       # the training samples a node scores its peers' models on (PENS)
     AVAILABILITY = 20     # who is online: per round (bernoulli), or a node's on/off spells (sessions)
     JWINS_BUDGET = 21     # the share of coefficients JWINS sends in a round
+    VALIDATION = 22       # the samples held out as a validation set (a node's, or the test set's)
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

@@ -413,6 +413,9 @@ class ProcessesEngine:
                             evs[0]["samples"])
             order = np.argsort(ev.nodes)
             ev.nodes, ev.acc, ev.loss = ev.nodes[order], ev.acc[order], ev.loss[order]
+            if "val_acc" in evs[0]:
+                ev.val_acc, ev.val_loss = (np.concatenate([np.asarray(e[key], dtype=np.float32) for e in evs])[order]
+                                           for key in ("val_acc", "val_loss"))
             if "local_acc" in evs[0]:   # each node on its own local test set, in node order
                 scored = "local_nodes" in evs[0]   # a server's model on its clients' sets
                 who = np.concatenate([np.asarray(e["local_nodes" if scored else "nodes"], dtype=np.int64) for e in evs])

@@ -454,6 +454,8 @@ class Worker(NodeHost):
         self.times["eval_time_s"] += time.perf_counter() - t0
         msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
+        if ev.val_acc is not None:
+            msg["eval"].update(val_acc=ev.val_acc.tolist(), val_loss=ev.val_loss.tolist())
         if ev.local_acc is not None:   # NaN (no local test set) travels as a float
             msg["eval"].update(local_acc=ev.local_acc.tolist(), local_loss=ev.local_loss.tolist())
             if ev.local_nodes is not None:
