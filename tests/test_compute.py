@@ -72,3 +72,25 @@ def test_bad_compute_classes_are_refused():
         small_config(compute={"classes": {"slow": {"nodes": [9], "factor": 2}}})
     with pytest.raises(ConfigError, match="factor"):
         small_config(compute={"classes": {"slow": {"nodes": [1], "factor": 0}}})
+
+
+def test_messages_arriving_after_the_deadline_are_dropped_timeout_bounded_epidemic_learning(tmp_path):
+    """Epidemic Learning with a 1 s deadline: trainings take 0.5 s, links touching nodes 2 and 5
+    add 700 ms, so exactly their messages arrive late and are dropped (still sent and charged),
+    the others are averaged; processes drops the same ones."""
+    cfg = dict(rounds=ROUNDS, topology={"kind": "epidemic", "peers": 3}, compute={"mean_s": 0.5, "deadline_s": 1.0},
+               network={"classes": {"far": {"nodes": [2, 5], "latency_ms": 700.0}}})
+    sim = run_experiment(small_config(**cfg), tmp_path / "sim")
+    exp = Experiment.build(small_config(**cfg))
+    far = {2, 5}
+    late = sum(sum(1 for dst, src in zip(*exp.topology.graph(rnd).weights.nonzero()) if {int(dst), int(src)} & far)
+               for rnd in range(1, ROUNDS + 1))
+    rows = read_jsonl(tmp_path / "sim" / "rounds.jsonl")
+    assert 0 < late and rows[-1]["messages_lost_per_node"] * 8 == late
+    on_time = run_experiment(small_config(**{**cfg, "network": {"latency_ms": 300.0}}), tmp_path / "near")
+    assert on_time["final"]["messages_lost_per_node"] == 0 and on_time["bytes_sent_per_node"] == sim["bytes_sent_per_node"]
+    processes = run_experiment(small_config(**cfg, engine={"name": "processes", "workers": 2, "threads": 1,
+                                                           "timeout_s": 60}), tmp_path / "p")
+    a, b = read_models(tmp_path / "sim" / "models.safetensors"), read_models(tmp_path / "p" / "models.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert processes["bytes_sent_per_node"] == sim["bytes_sent_per_node"]

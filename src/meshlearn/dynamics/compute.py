@@ -6,7 +6,10 @@ simulator orders its events by these times; the round-based engines use them whe
 ``compute.emulated``: ``sim``'s virtual clock charges each round its slowest participant,
 ``processes`` and ``ray`` make a worker sleep in proportion to its slowest node's time over
 ``mean_s`` (``Worker.train``), and with a deadline the late nodes' messages are dropped
-(``late``).
+(``late``), as is, on an emulated network, every message that would arrive after it: its
+sender's training time plus the link's latency and transfer time (``late_links``). Epidemic
+Learning with a deadline is thus DecentralizePy's timeout-bounded variant: a node averages
+whatever reached it in time.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from meshlearn import streams
 from meshlearn.streams import Stream
 
-__all__ = ["training_times", "late"]
+__all__ = ["training_times", "late", "late_links"]
 
 _MIN_FACTOR = 0.01   # a node at most 100× faster than the mean: a freak draw cannot flood a queue
 
@@ -46,3 +49,13 @@ def late(cfg, times: np.ndarray) -> np.ndarray:
     if cfg.deadline_s is None:
         return np.zeros(len(times), dtype=bool)
     return times > cfg.deadline_s
+
+
+def late_links(cfg, times: np.ndarray | None, links, positions, nbytes) -> np.ndarray:
+    """Bool per message (link ``positions`` in CSR order, ``nbytes`` each): it would arrive after
+    the round deadline, counting from the round's start its sender's training time and the
+    link's delay. None late without a deadline or an emulated network."""
+    if cfg.deadline_s is None or times is None or not links.model.enabled:
+        return np.zeros(np.shape(positions), dtype=bool)
+    senders = links.model.indices[positions]
+    return times[senders] + links.model.delay(positions, nbytes) > cfg.deadline_s

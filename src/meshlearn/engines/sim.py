@@ -20,6 +20,7 @@ import torch
 from meshlearn.byzantine.adversary import received_view
 from meshlearn.engines.host import InProcessEngine, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, LinkCache, header_base_bytes, payload_bytes
+from meshlearn.dynamics.compute import late_links
 from meshlearn.engines.network import renormalized
 from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment
@@ -150,6 +151,8 @@ class SimEngine(InProcessEngine):
             payload, sources = self._attack(nodes, payload, rnd, links, ~lost)
         sent = payload if sources is None else {name: t[:len(nodes)] for name, t in payload.items()}
         sizes = self._account(sent, rnd, links, step, per_link)
+        exp = self.experiment   # a message arriving after the round deadline is dropped like a lost one
+        lost = lost | late_links(exp.config.compute, exp.training_times, links, np.arange(len(sizes)), sizes)
         if links.model.enabled:
             delivered = ~lost
             if delivered.any():

@@ -27,6 +27,7 @@ import torch
 import zmq
 
 from meshlearn import plugins, wire
+from meshlearn.dynamics.compute import late_links
 from meshlearn.byzantine.adversary import received_view
 from meshlearn.checkpoint import decode, encode
 from meshlearn.engines.network import renormalized
@@ -261,7 +262,8 @@ class Worker(NodeHost):
                 if worker in self.down:
                     continue
                 pos = links.model.position(dst, src)
-                if lost[pos]:  # emulated loss: the receiver is told at once instead of timing out
+                exp = self.experiment   # emulated loss, or arrival after the round deadline: the receiver is told at once
+                if lost[pos] or late_links(exp.config.compute, exp.training_times, links, pos, nbytes):
                     notice = wire.encode(wire.Message(self.run_id, src, rnd, "lost", {}, message_meta(dst, step)))
                     self.transport.send(worker, notice)
                     continue
