@@ -133,10 +133,10 @@ class Group:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Runs grouped by config without the seed, in order of first appearance; a group is
-    labelled by its run name when every group has its own, else by the config keys whose
-    values differ between groups (``training.lr=0.1``), else by its first run's label. Runs
-    without a config stay alone."""
+    """Runs grouped by config without the seed, in order of first appearance. When every group
+    has its own run name, a group of seeds is labelled by that name and a single run by its
+    label; otherwise by the config keys whose values differ between groups
+    (``training.lr=0.1``), else by its first run's label. Runs without a config stay alone."""
     keyed: dict[str, list[Run]] = {}
     for run in runs:
         key = json.dumps(_flat(run.config, drop=("seed",)), sort_keys=True) if run.config else f"#{id(run)}"
@@ -148,7 +148,10 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     named = "name" in differ and len({f.get("name") for f in flats}) == len(flats)   # names tell groups apart
     for members, flat in zip(groups, flats):
         shown = [f"{k}={flat[k]}" for k in differ if k in flat and k != "name"]
-        label = str(flat["name"]) if named else ", ".join(shown) if shown and members[0].config else members[0].label
+        if named:   # a seed group by its name, a single run by its own label
+            label = str(flat["name"]) if len(members) > 1 else members[0].label
+        else:
+            label = ", ".join(shown) if shown and members[0].config else members[0].label
         if len(members) > 1:
             label += f" ({len(members)} seeds)"
         out.append(Group(label, members))
