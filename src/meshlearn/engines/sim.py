@@ -18,9 +18,9 @@ import scipy.sparse as sp
 import torch
 
 from meshlearn.byzantine.adversary import received_view
+from meshlearn.dynamics.compute import late_links
 from meshlearn.engines.host import InProcessEngine, evaluate_if_due
 from meshlearn.engines.links import GraphLinks, LinkCache, header_base_bytes, payload_bytes
-from meshlearn.dynamics.compute import late_links
 from meshlearn.engines.network import renormalized
 from meshlearn.evaluation import RoundReport
 from meshlearn.experiment import Experiment

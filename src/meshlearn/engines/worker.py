@@ -27,9 +27,9 @@ import torch
 import zmq
 
 from meshlearn import plugins, wire
-from meshlearn.dynamics.compute import late_links
 from meshlearn.byzantine.adversary import received_view
 from meshlearn.checkpoint import decode, encode
+from meshlearn.dynamics.compute import late_links
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
