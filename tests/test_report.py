@@ -103,6 +103,18 @@ def test_report_holds_curves_intervals_configs_topologies_and_needs_nothing_else
     assert "fast (2 seeds): regular, 8 nodes, 16 edges, degree 4–4" in text
 
 
+def test_report_in_parts_heads_each_with_its_own_sections(runs, tmp_path):
+    out = write_report({"Slow learners": [runs / "slow"], "Both": [runs / "slow", runs / "fast"]},
+                       tmp_path / "parts.html", title="parts")
+    page = Elements()
+    page.feed(out.read_text())
+    text = out.read_text()
+    assert [a for t, a in page.tags if t == "h2"] == [{}, {}] and "<h2>Slow learners</h2>" in text
+    assert text.count("<h3>Final figures</h3>") == 2 and text.index("<h2>Both</h2>") < text.rindex("<h3>Final")
+    assert "3 runs in 1 groups" in text and "5 runs in 2 groups" in text
+    assert page.table(0)["slow (3 seeds)"][4] == "82.00 ± 4.97"
+
+
 def test_report_cli_finds_runs_below_folders_and_refuses_what_is_not_a_run(runs, tmp_path, capsys):
     assert len(find_runs([runs])) == 6 and find_runs([runs / "real", runs / "real"]) == [runs / "real"]
     assert main(["report", str(runs / "real"), "-o", str(tmp_path / "one.html")]) == 0

@@ -145,7 +145,8 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     flats = [_flat(g[0].config, drop=("seed",)) if g[0].config else {} for g in groups]
     differ = sorted({k for f in flats for k in f if len({json.dumps(g.get(k)) for g in flats}) > 1})
     out = []
-    named = "name" in differ and len({f.get("name") for f in flats}) == len(flats)   # names tell groups apart
+    names = {f.get("name") for f in flats}
+    named = None not in names and len(names) == len(flats)   # every group has a name of its own
     for members, flat in zip(groups, flats):
         shown = [f"{k}={flat[k]}" for k in differ if k in flat and k != "name"]
         if named:   # a seed group by its name, a single run by its own label

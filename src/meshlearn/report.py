@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = ["find_runs", "build_report", "write_report"]
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+h3 { margin-top: 1.5em; }
 figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
 figcaption { color: #555; font-size: .9em; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
@@ -53,28 +54,39 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def write_report(paths: Iterable[str | Path], out: str | Path, title: str | None = None) -> Path:
-    """Write the report of the runs found in ``paths`` (see ``find_runs``) to ``out``."""
-    runs = load_runs(find_runs(paths))
+def write_report(paths: Iterable[str | Path] | Mapping[str, Iterable[str | Path]], out: str | Path,
+                 title: str | None = None) -> Path:
+    """Write the report of the runs found in ``paths`` (see ``find_runs``) to ``out``; with a
+    mapping, one part per entry, headed by its key (e.g. one figure of a paper each)."""
+    parts = paths if isinstance(paths, Mapping) else {"": paths}
+    runs = {heading: load_runs(find_runs(where)) for heading, where in parts.items()}
+    count = sum(len(r) for r in runs.values())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(runs, title or f"meshlearn report: {len(runs)} runs"), encoding="utf-8")
+    out.write_text(build_report(runs if isinstance(paths, Mapping) else runs[""],
+                                title or f"meshlearn report: {count} runs"), encoding="utf-8")
     return out
 
 
-def build_report(runs: Sequence[Run], title: str) -> str:
-    """The report's HTML."""
-    if not runs:
+def build_report(runs: Sequence[Run] | Mapping[str, Sequence[Run]], title: str) -> str:
+    """The report's HTML: of ``runs``, or of each part of a mapping heading → runs."""
+    parts = runs if isinstance(runs, Mapping) else {"": runs}
+    if not parts or not all(parts.values()):
         raise ValueError("no runs to report on")
-    groups = group_runs(runs)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [_curves(runs, groups), _finals(groups), _configs(groups), _topologies(groups), _system(groups)]
+    body = []
+    for heading, members in parts.items():
+        groups, h = group_runs(members), "h3" if heading else "h2"
+        if heading:
+            body.append(f"<h2>{_e(heading)}</h2>")
+        body.append(f"<p>{len(members)} runs in {len(groups)} groups (runs that differ only in their seed form "
+                    "a group).</p>")
+        body += [_curves(members, groups, h), _finals(groups, h), _configs(groups, h), _topologies(groups, h),
+                 _system(groups, h)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n"
-            f"<h1>{_e(title)}</h1>\n<p>{len(runs)} runs in {len(groups)} groups (runs that differ only in "
-            f"their seed form a group), written {when} by meshlearn.</p>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
+            f"<h1>{_e(title)}</h1>\n<p>Written {when} by meshlearn.</p>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def _e(value: Any) -> str:
@@ -93,11 +105,11 @@ def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>"
 
 
-def _curves(runs: Sequence[Run], groups: list[Group]) -> str:
+def _curves(runs: Sequence[Run], groups: list[Group], h: str) -> str:
     metrics = plotting.available_metrics(runs)
     chosen = [m for m in ("test_acc_mean", "test_loss_mean") if m in metrics] or metrics[:1]
     seeded = any(len(g.runs) > 1 for g in groups)
-    parts = ["<h2>Learning curves</h2>"]
+    parts = [f"<{h}>Learning curves</{h}>"]
     for metric in chosen:
         fig = plotting.build_figure(runs, metric=metric, log_x=["bytes"])
         parts.append(_figure(_svg(fig), f"{metric} against rounds, bytes sent per node (log scale) and time; "
@@ -156,7 +168,7 @@ def _table(header: Sequence[str], rows: list[list[str]], numeric_from: int = 1) 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _finals(groups: list[Group]) -> str:
+def _finals(groups: list[Group], h: str) -> str:
     rows = []
     for g in groups:
         mb = _values(g, "bytes_sent_per_node")
@@ -165,13 +177,13 @@ def _finals(groups: list[Group]) -> str:
                      _with_ci(_values(g, "test_acc_min"), 100), _with_ci(_values(g, "avg_model_acc"), 100),
                      _with_ci(_values(g, "test_loss_mean"), digits=3),
                      f"{sum(mb) / len(mb) / 1e6:.1f}" if mb else "—"])
-    return ("<h2>Final figures</h2>\n<p>At each run's last evaluation: the mean over seeds ± the half-width of "
+    return (f"<{h}>Final figures</{h}>\n<p>At each run's last evaluation: the mean over seeds ± the half-width of "
             "its 95 % confidence interval (Student's t, seeds − 1 degrees of freedom); accuracies in %.</p>\n"
             + _table(["group", "seeds", "status", "round", "test acc (mean over nodes)", "worst node's acc",
                       "averaged model's acc", "test loss", "MB sent per node"], rows, numeric_from=3))
 
 
-def _configs(groups: list[Group]) -> str:
+def _configs(groups: list[Group], h: str) -> str:
     flats = [plotting._flat(g.runs[0].config, drop=("seed",)) if g.runs[0].config else {} for g in groups]
     keys = sorted({k for f in flats for k in f})
     differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
@@ -184,14 +196,14 @@ def _configs(groups: list[Group]) -> str:
         return "".join(f'<tr{css}><th>{_e(k)}</th>' + "".join(f"<td>{_e(f.get(k, '—'))}</td>" for f in flats)
                        + "</tr>" for k in names)
 
-    return ("<h2>Configurations</h2>\n<p>One column per group; the keys whose values differ between groups are "
+    return (f"<{h}>Configurations</{h}>\n<p>One column per group; the keys whose values differ between groups are "
             f"marked and come first ({len(differing)} of {len(keys)}).</p>\n"
             f'<table id="configs"><thead>{head}</thead><tbody>{rows(differing, " class=differs")}{seeds}'
             f"</tbody></table>\n<details><summary>the {len(same)} keys every group shares</summary>"
             f"<table><thead>{head}</thead><tbody>{rows(same)}</tbody></table></details>")
 
 
-def _topologies(groups: list[Group]) -> str:
+def _topologies(groups: list[Group], h: str) -> str:
     drawn: dict[str, str] = {}
     for g in groups:
         run = g.runs[0]
@@ -202,7 +214,7 @@ def _topologies(groups: list[Group]) -> str:
             drawn[key] = _draw_topology(run, g.label)
     if not drawn:
         return ""
-    return ("<h2>Topologies</h2>\n<p>The first round's graph of each distinct topology (of the group's first "
+    return (f"<{h}>Topologies</{h}>\n<p>The first round's graph of each distinct topology (of the group's first "
             "seed), with the spectral gap 1 − |λ₂| of its mixing matrix: the larger, the faster models "
             "reach consensus.</p>\n<div class=\"graphs\">" + "".join(drawn.values()) + "</div>")
 
@@ -247,7 +259,7 @@ def _draw_topology(run: Run, label: str) -> str:
     return _figure(_svg(fig), caption)
 
 
-def _system(groups: list[Group]) -> str:
+def _system(groups: list[Group], h: str) -> str:
     columns = [("time per round [s]", "time_per_round_s", 1.0, 3), ("setup [s]", "setup_time_s", 1.0, 1),
                ("evaluation [s]", "eval_time_s", 1.0, 1), ("wall time [s]", "wall_time_s", 1.0, 1),
                ("simulated time [s]", "sim_time_s", 1.0, 1), ("peak memory [MiB]", "peak_rss_bytes", 2 ** -20, 0),
@@ -257,7 +269,7 @@ def _system(groups: list[Group]) -> str:
         return ""
     rows = [[_e(g.label), _e(_engine(g))] + [_with_ci(_values(g, key, _summary), scale, digits)
                                             for _, key, scale, digits in shown] for g in groups]
-    return ("<h2>System</h2>\n<p>From each run's summary: the mean over seeds ± the 95 % interval. Time and memory "
+    return (f"<{h}>System</{h}>\n<p>From each run's summary: the mean over seeds ± the 95 % interval. Time and memory "
             "depend on the machine and what else ran on it.</p>\n"
             + _table(["group", "engine"] + [c[0] for c in shown], rows, numeric_from=2))
 
