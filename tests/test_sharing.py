@@ -441,6 +441,9 @@ def hostile(name, payload):
         yield "negative norm", dict(payload, norms=-payload["norms"] - 1)
     if name == "uniform":
         yield "negative scale", dict(payload, scale=-payload["scale"] - 1)
+    if name == "stc":
+        yield "negative mean", dict(payload, mean=-payload["mean"] - 1)
+        yield "signs of another k", dict(payload, signs=payload["signs"][:, :-1])
 
 
 @pytest.mark.parametrize("name", list(COMPRESSORS))
