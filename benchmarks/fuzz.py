@@ -1,7 +1,7 @@
 """Fuzzing the readers of untrusted input: every bad input must end in the reader's own error.
 
 Hypothesis generates inputs for each reader (configs as text and as tables, topology files,
-IDX files plain and gzipped, LEAF JSON, CIFAR-10 batches, checkpoint files, and wire messages:
+IDX files plain and gzipped, LEAF JSON and its Reddit records, CIFAR-10 batches, checkpoint files, and wire messages:
 random bytes and mutations of valid ones). An input passes when the reader accepts it or raises its documented
 error (``ConfigError`` for configs, ``ValueError`` naming the file for data and graph files,
 ``MessageError`` for messages, ``CheckpointError`` for checkpoints); any other exception is a crash, a traceback a user would see.
@@ -174,6 +174,28 @@ def fuzz_leaf(tally: Tally, n: int) -> None:
     case()
 
 
+def fuzz_reddit(tally: Tally, n: int) -> None:
+    """LEAF Reddit records (comments of token lists, target records) inside valid LEAF files."""
+    root = WORK / "reddit"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+    tokens = st.lists(st.one_of(st.sampled_from(["<PAD>", "<BOS>", "a", "b"]), values), max_size=4)
+    comment = st.one_of(values, st.lists(tokens, max_size=3))
+    target = st.one_of(values, st.builds(lambda t: {"target_tokens": t}, st.one_of(values, st.lists(tokens, max_size=3))))
+    user = st.tuples(st.lists(comment, max_size=3), st.lists(target, max_size=3))
+
+    @given(user, user)
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def case(train, test) -> None:
+        for split, (xs, ys) in (("train", train), ("test", test)):
+            blob = {"users": ["u"], "user_data": {"u": {"x": xs, "y": ys}}}
+            (root / split / "all_data.json").write_text(json.dumps(blob))
+        tally.run(lambda: leaf.load_reddit(str(root), vocab_size=4, seq_len=3), (ValueError,),
+                  lambda: repr((train, test))[:200])
+
+    case()
+
+
 def fuzz_cifar(tally: Tally, n: int) -> None:
     path = WORK / "data_batch_1"
     edits = st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 255)), max_size=6)
@@ -221,7 +243,8 @@ def fuzz_checkpoint(tally: Tally, n: int) -> None:
 
 
 TARGETS = {"config_text": fuzz_config_text, "config_table": fuzz_config_table, "graph_file": fuzz_graph_file,
-           "idx": fuzz_idx, "leaf": fuzz_leaf, "cifar": fuzz_cifar, "wire": fuzz_wire, "checkpoint": fuzz_checkpoint}
+           "idx": fuzz_idx, "leaf": fuzz_leaf, "reddit": fuzz_reddit, "cifar": fuzz_cifar, "wire": fuzz_wire,
+           "checkpoint": fuzz_checkpoint}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from meshlearn.data import DATASETS, Dataset, check_available, label_histogram, load, partition
+from meshlearn.config import parse_config
 from meshlearn.data import cifar, idx, leaf
+from meshlearn.runner import run_experiment
 
 FASHION_MNIST_DIR = os.environ.get("MESHLEARN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
@@ -453,3 +455,41 @@ def test_leaf_files_of_the_wrong_shape_name_the_file(tmp_path, blob, hint):
     (tmp_path / "all_data.json").write_text(json.dumps(blob))
     with pytest.raises(ValueError, match=f"all_data.json: {hint}"):
         leaf.read_leaf_split(tmp_path)
+
+
+def test_leaf_reddit(tmp_path):
+    """Comments of token sequences become one sample per sequence, labelled by the last
+    non-padding target token; all-padding targets are dropped; the vocabulary comes from the
+    training tokens by frequency (id 0 padding, 1 unknown)."""
+    P = "<PAD>"
+
+    def comment(*seqs):   # (x sequence, target sequence) pairs of one comment
+        return [list(x) for x, _ in seqs], {"target_tokens": [list(t) for _, t in seqs], "count_tokens": 3}
+
+    a1 = comment((["<BOS>", "i", "like"], ["i", "like", "cats"]), ([P, P, P], [P, P, P]))
+    a2 = comment((["<BOS>", "cats", "like"], ["cats", "like", P]))
+    b1 = comment((["<BOS>", "i", "i"], ["i", "i", "dogs"]))
+    write_leaf(tmp_path, "train", [{"alice": ([a1[0], a2[0]], [a1[1], a2[1]]), "bob": ([b1[0]], [b1[1]])}])
+    t1 = comment((["<BOS>", "dogs", "bark"], ["dogs", "bark", "loudly"]))
+    write_leaf(tmp_path, "test", [{"carol": ([t1[0]], [t1[1]])}])
+    d = load("leaf-reddit", root=str(tmp_path), vocab_size=5, seq_len=4)
+    # x tokens of the kept sequences: <BOS> 3, i 3, like 2, cats 1 (ties by first occurrence) -> 3 words fit
+    bos, i, like, unk = 2, 3, 4, 1
+    assert d.num_classes == 5 and d.user_names == ["alice", "bob"]
+    np.testing.assert_array_equal(d.x_train, [[bos, i, like, 0], [bos, unk, like, 0], [bos, i, i, 0]])
+    np.testing.assert_array_equal(d.y_train, [unk, like, unk])   # cats, like, dogs
+    np.testing.assert_array_equal(d.users_train, [0, 0, 1])
+    np.testing.assert_array_equal(d.x_test, [[bos, unk, unk, 0]])
+    np.testing.assert_array_equal(d.y_test, [unk])
+    with pytest.raises(ValueError, match="vocab_size"):
+        load("leaf-reddit", root=str(tmp_path), vocab_size=2)
+    write_leaf(tmp_path, "train", [{"eve": ([[["a", "b"]]], [{"target_tokens": [["b"], ["c"]]}])}])
+    with pytest.raises(ValueError, match="as many 'target_tokens'"):
+        load("leaf-reddit", root=str(tmp_path))
+    # a next-word model trains on it, one LEAF user per node
+    write_leaf(tmp_path, "train", [{f"u{k}": ([a1[0], b1[0]], [a1[1], b1[1]]) for k in range(4)}])
+    cfg = parse_config({"nodes": 4, "rounds": 2, "data": {"dataset": "leaf-reddit", "root": str(tmp_path),
+                                                          "partition": "natural", "options": {"vocab_size": 6}},
+                        "topology": {"kind": "ring"}, "training": {"batch_size": 2, "local_steps": 2},
+                        "model": {"name": "char_lstm", "options": {"embedding_dim": 4, "hidden_size": 8}}})
+    assert run_experiment(cfg, tmp_path / "run")["status"] == "completed"

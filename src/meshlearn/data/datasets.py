@@ -129,5 +129,7 @@ DATASETS.update(
                                    "LEAF Shakespeare JSON, next character over 80 symbols"),
         "leaf-sent140": Loader(leaf.load_sent140, lambda root=None: leaf.check_leaf("sent140", root),
                                "LEAF Sent140 JSON, 2 classes"),
+        "leaf-reddit": Loader(leaf.load_reddit, lambda root=None: leaf.check_leaf("reddit", root),
+                              "LEAF Reddit JSON, next word over a vocabulary built from the training tokens"),
     }
 )

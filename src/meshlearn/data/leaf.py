@@ -1,4 +1,4 @@
-"""LEAF benchmark tasks (FEMNIST, CelebA, Shakespeare, Sent140) from LEAF's JSON.
+"""LEAF benchmark tasks (FEMNIST, CelebA, Shakespeare, Sent140, Reddit) from LEAF's JSON.
 
 LEAF (Caldas et al., 2018) ships a preprocessing pipeline that writes
 ``<task>/data/train/*.json`` and ``<task>/data/test/*.json``, each file being
@@ -28,6 +28,7 @@ __all__ = [
     "load_celeba",
     "load_shakespeare",
     "load_sent140",
+    "load_reddit",
     "check_leaf",
 ]
 
@@ -40,13 +41,14 @@ _PREPROCESS = {
     "celeba": "./preprocess.sh -s niid --sf 1.0 -k 5 -t sample",
     "shakespeare": "./preprocess.sh -s niid --sf 0.2 -k 0 -t sample -tf 0.8",
     "sent140": "./preprocess.sh -s niid --sf 0.3 -k 3 -t sample",
+    "reddit": "download its preprocessed reddit_leaf.zip as the README of data/reddit says",
 }
 _TOKEN = re.compile(r"[\w']+|[.,!?;]")  # LEAF's split_line for Sent140
 
 
 def _hint(task: str) -> str:
     return (
-        f"generate it with LEAF ({_LEAF_URL}): cd data/{task} && {_PREPROCESS[task]}, "
+        f"get it with LEAF ({_LEAF_URL}): cd data/{task} && {_PREPROCESS[task]}, "
         f"then set data.root to leaf/data/{task}/data (the folder holding train/ and test/)"
     )
 
@@ -116,10 +118,15 @@ def _assemble(
     convert_y: Callable[[list, str], np.ndarray],
     num_classes: int,
     prepare: Callable[[list[tuple[str, list, list]]], None] | None = None,
+    samples: Callable[[list, list, str], tuple[list, list]] | None = None,
 ) -> Dataset:
+    """``samples`` turns a user's records (xs, ys) into its samples, when one record holds several."""
     base = _base(task, root)
     train = read_leaf_split(base / "train")
     test = read_leaf_split(base / "test")
+    if samples is not None:
+        train = [(user, *samples(ux, uy, str(base / "train"))) for user, ux, uy in train]
+        test = [(user, *samples(ux, uy, str(base / "test"))) for user, ux, uy in test]
     if prepare is not None:
         prepare(train)
     names: list[str] = []
@@ -254,6 +261,63 @@ def load_sent140(root: str | None = None, vocab_size: int = 10000, seq_len: int 
         return out
 
     return _assemble("sent140", root, sequences, _int_labels, num_classes=2, prepare=build_vocab)
+
+
+def load_reddit(root: str | None = None, vocab_size: int = 10000, seq_len: int = 10) -> Dataset:
+    """LEAF Reddit next-word prediction: a sample is one ``seq_len``-token sequence of a comment,
+    its label the last non-padding token of the matching target sequence (the word that follows).
+
+    A user's ``x`` is a list of comments, each a list of token sequences; its ``y`` a list of
+    records whose ``target_tokens`` are those sequences shifted by one word. Sequences whose
+    target is all padding are dropped. The vocabulary is built from the training tokens (LEAF's
+    pickled vocabulary is not read, as unpickling runs code): id 0 is ``<PAD>``, id 1 unknown,
+    ids 2..vocab_size-1 the most frequent other tokens (ties by first occurrence), so
+    ``vocab_size`` is both the embedding size and the number of classes.
+    """
+    if vocab_size < 3:
+        raise ValueError(f"vocab_size must be >= 3 (padding, unknown, one word), got {vocab_size}")
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    vocab: dict[str, int] = {_PAD: 0}
+
+    def sequences_of(xs: list, ys: list, where: str) -> tuple[list, list]:
+        out_x, out_y = [], []
+        for comment, target in zip(xs, ys):
+            targets = target.get("target_tokens") if isinstance(target, dict) else None
+            if not _token_lists(comment) or not _token_lists(targets) or len(targets) != len(comment):
+                raise ValueError(f"{where}: Reddit x must be comments as lists of token lists, y records with as "
+                                 "many 'target_tokens' lists")
+            for seq, target_seq in zip(comment, targets):
+                if any(token != _PAD for token in target_seq):   # an all-padding target predicts nothing
+                    out_x.append(seq)
+                    out_y.append(target_seq)
+        return out_x, out_y
+
+    def build_vocab(train: list[tuple[str, list, list]]) -> None:
+        counts = Counter(token for _, ux, _ in train for seq in ux for token in seq if token != _PAD)
+        for i, (token, _) in enumerate(counts.most_common(vocab_size - 2)):
+            vocab[token] = i + 2
+
+    def ids(seqs: list, where: str) -> np.ndarray:
+        out = np.zeros((len(seqs), seq_len), dtype=np.int64)
+        for row, seq in enumerate(seqs):
+            out[row, :min(len(seq), seq_len)] = [vocab.get(token, 1) for token in seq[:seq_len]]
+        return out
+
+    def next_words(targets: list, where: str) -> np.ndarray:
+        return np.asarray([next(vocab.get(t, 1) for t in reversed(seq) if t != _PAD) for seq in targets],
+                          dtype=np.int64)
+
+    return _assemble("reddit", root, ids, next_words, num_classes=vocab_size, prepare=build_vocab,
+                     samples=sequences_of)
+
+
+_PAD = "<PAD>"
+
+
+def _token_lists(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(seq, list) and all(isinstance(t, str) for t in seq)
+                                           for seq in value)
 
 
 # --- CelebA ------------------------------------------------------------------
