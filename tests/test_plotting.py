@@ -281,3 +281,13 @@ def test_groups_named_apart_are_labelled_by_name_and_the_node_band_averages_min_
     band = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)][0]
     ys = sorted({round(float(v[1]), 9) for v in band.get_paths()[0].vertices})
     assert ys == [0.3, 0.8] and "(mean over seeds)" in fig._suptitle.get_text()
+
+
+def test_a_config_written_without_a_key_at_its_default_groups_with_one_that_has_it(tmp_path: Path) -> None:
+    """Configs are compared with their defaults filled in: a run written before a key existed
+    (here evaluation.validation, whose default is 0) is a seed of the same experiment."""
+    old, new = seeds_of(tmp_path, 0.1, {1: [0.2, 0.4], 2: [0.3, 0.5]})
+    (new / "config.toml").write_text((new / "config.toml").read_text() + "[evaluation]\nvalidation = 0.0\n")
+    assert [(g.label, len(g.runs)) for g in group_runs(load_runs([old, new]))] == [("exp (2 seeds)", 2)]
+    (new / "config.toml").write_text((new / "config.toml").read_text().replace("0.0", "0.2"))
+    assert len(group_runs(load_runs([old, new]))) == 2

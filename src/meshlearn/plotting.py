@@ -36,6 +36,7 @@ __all__ = [
     "Group",
     "group_runs",
     "seed_band",
+    "settings",
     "X_AXIS_ALIASES",
     "available_metrics",
     "band_keys",
@@ -139,10 +140,10 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     (``training.lr=0.1``), else by its first run's label. Runs without a config stay alone."""
     keyed: dict[str, list[Run]] = {}
     for run in runs:
-        key = json.dumps(_flat(run.config, drop=("seed",)), sort_keys=True) if run.config else f"#{id(run)}"
+        key = json.dumps(settings(run), sort_keys=True) if run.config else f"#{id(run)}"
         keyed.setdefault(key, []).append(run)
     groups = list(keyed.values())
-    flats = [_flat(g[0].config, drop=("seed",)) if g[0].config else {} for g in groups]
+    flats = [settings(g[0]) if g[0].config else {} for g in groups]
     differ = sorted({k for f in flats for k in f if len({json.dumps(g.get(k)) for g in flats}) > 1})
     out = []
     names = {f.get("name") for f in flats}
@@ -157,6 +158,19 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
             label += f" ({len(members)} seeds)"
         out.append(Group(label, members))
     return out
+
+
+def settings(run: Run) -> dict[str, Any]:
+    """A run's config as dotted keys → values, without the seed and with every default filled in,
+    so that runs written by versions that knew fewer keys still compare equal (a config that no
+    longer parses is taken as written)."""
+    from meshlearn.config import ConfigError, parse_config
+
+    try:
+        config = parse_config(run.config or {}, check_files=False, folder=run.path).to_toml_dict()
+    except (ConfigError, ValueError, TypeError):
+        config = run.config or {}
+    return _flat(config, drop=("seed",))
 
 
 def _flat(table: dict[str, Any], prefix: str = "", drop: tuple[str, ...] = ()) -> dict[str, Any]:

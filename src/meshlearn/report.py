@@ -184,7 +184,7 @@ def _finals(groups: list[Group], h: str) -> str:
 
 
 def _configs(groups: list[Group], h: str) -> str:
-    flats = [plotting._flat(g.runs[0].config, drop=("seed",)) if g.runs[0].config else {} for g in groups]
+    flats = [plotting.settings(g.runs[0]) if g.runs[0].config else {} for g in groups]
     keys = sorted({k for f in flats for k in f})
     differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
     same = [k for k in keys if k not in differing]
