@@ -24,7 +24,7 @@ when it lies on the other side or within one accuracy point of zero (no differen
 point, does not hold when the interval excludes zero, and is inconclusive otherwise. A claim
 about bytes holds below half the bytes.
 
-About 50 minutes on 2 cores (the six 1,024-node runs take half of it); running it again
+87 minutes on 2 cores (the six 1,024-node runs take a third of it); running it again
 continues where it stopped (ended runs are skipped, interrupted ones resume). --quick shrinks
 every run (16 and 32 nodes, 4 rounds, a slice of the data) for a check in about two minutes:
 
