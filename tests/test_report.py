@@ -115,6 +115,18 @@ def test_report_in_parts_heads_each_with_its_own_sections(runs, tmp_path):
     assert page.table(0)["slow (3 seeds)"][4] == "82.00 ± 4.97"
 
 
+def test_report_imports_nothing_a_results_folder_names(runs, tmp_path):
+    """A run folder is data: its config's plug-ins are neither imported to group runs nor to
+    draw the topology, and graph files are not read."""
+    evil = runs / "fast" / "seed=1"
+    (evil / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\ndef graph(n): pass\n")
+    text = (evil / "config.toml").read_text().replace('name = "mlp"', 'name = "evil.py:Net"')
+    (evil / "config.toml").write_text(text.replace('kind = "regular"', 'kind = "evil.py:graph"'))
+    page = write_report([runs / "fast"], tmp_path / "evil.html").read_text()
+    assert not (tmp_path / "ran").exists()
+    assert "evil.py:graph not drawn (a plug-in is not imported from a results folder)" in page
+
+
 def test_report_cli_finds_runs_below_folders_and_refuses_what_is_not_a_run(runs, tmp_path, capsys):
     assert len(find_runs([runs])) == 6 and find_runs([runs / "real", runs / "real"]) == [runs / "real"]
     assert main(["report", str(runs / "real"), "-o", str(tmp_path / "one.html")]) == 0

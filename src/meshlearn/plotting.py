@@ -9,6 +9,7 @@ line; both are tolerated so that partial results can still be inspected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from collections import Counter
@@ -161,16 +162,19 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
 
 
 def settings(run: Run) -> dict[str, Any]:
-    """A run's config as dotted keys → values, without the seed and with every default filled in,
-    so that runs written by versions that knew fewer keys still compare equal (a config that no
-    longer parses is taken as written)."""
-    from meshlearn.config import ConfigError, parse_config
+    """A run's config as dotted keys → values, without the seed, its missing section keys set to
+    their defaults: runs written by versions that knew fewer keys still compare equal. Nothing
+    the config names is imported (a results folder may come from anyone)."""
+    return {**_defaults(), **_flat(run.config or {}, drop=("seed",))}
 
-    try:
-        config = parse_config(run.config or {}, check_files=False, folder=run.path).to_toml_dict()
-    except (ConfigError, ValueError, TypeError):
-        config = run.config or {}
-    return _flat(config, drop=("seed",))
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    """The default config's section keys (not modules' options, which depend on the module)."""
+    from meshlearn.config import parse_config
+
+    flat = _flat(parse_config({}, check_files=False).to_toml_dict(), drop=("seed",))
+    return {k: v for k, v in flat.items() if not any("options" in part for part in k.split("."))}
 
 
 def _flat(table: dict[str, Any], prefix: str = "", drop: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -220,21 +220,35 @@ def _topologies(groups: list[Group], h: str) -> str:
 
 
 def _draw_topology(run: Run, label: str) -> str:
+    """Round 1's graph from the run's ``[topology]`` alone: nothing the folder names (a plug-in,
+    a graph file) is imported or read, since a results folder may come from anyone."""
+    from types import SimpleNamespace
+
     import networkx as nx
     import numpy as np
     import scipy.sparse as sp
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
+    from pydantic import ValidationError
 
-    from meshlearn.config import ConfigError, parse_config
+    from meshlearn.config import ExperimentConfig, TopologyConfig
     from meshlearn.topology import mixing
     from meshlearn.topology.schedule import TopologySchedule
 
+    raw, fields = run.config.get("topology") or {}, ExperimentConfig.model_fields
+    kind = str(raw.get("kind", "")) if isinstance(raw, dict) else ""
+    why = ("a plug-in is not imported from a results folder" if ":" in kind else
+           "a graph file is not read from a results folder" if kind == "file" else
+           "it is built from the data" if kind == "knn" else None)
     try:
-        cfg = parse_config(run.config, check_files=False, folder=run.path)
-        graph = TopologySchedule(cfg).graph(1)
-    except (ConfigError, ValueError, OSError) as exc:
-        return f'<figure><p class="warn">{_e(label)}: not drawn ({_e(exc)})</p></figure>'
+        if why is None:
+            cfg = SimpleNamespace(topology=TopologyConfig.model_validate(raw),
+                                  **{k: int(run.config.get(k, fields[k].default)) for k in ("nodes", "seed", "rounds")})
+            graph = TopologySchedule(cfg).graph(1)
+    except (ValidationError, ValueError, TypeError) as exc:
+        why = str(exc).splitlines()[0]
+    if why is not None:
+        return f'<figure><p class="warn">{_e(label)}: {_e(kind or "topology")} not drawn ({_e(why)})</p></figure>'
     W = graph.weights + sp.diags(graph.self_weight)
     gap = mixing.spectral_gap(W)
     links = graph.weights
