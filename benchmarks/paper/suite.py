@@ -42,6 +42,7 @@ from pathlib import Path
 
 import tomli_w
 
+from meshlearn.plotting import seed_band
 from meshlearn.sweep import run_sweep
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -136,15 +137,9 @@ def finals(run_dir: Path) -> list[dict]:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95 % t-interval."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    """Mean and half-width of its 95 % t-interval (``meshlearn plot``'s seed band)."""
+    mean, low, high = seed_band(values)
+    return mean, (high - low) / 2 if len(values) > 1 else math.nan
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:

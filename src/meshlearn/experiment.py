@@ -9,7 +9,9 @@ raised here as ``ConfigError``, before any training.
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -67,7 +69,8 @@ class Experiment:
             parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
             held = cfg.evaluation.validation if cfg.evaluation.validation_from == "train" else 0.0
             parts, validations = hold_out_local_tests(parts, held, cfg.data.min_samples, cfg.seed, Stream.VALIDATION)
-            labels = np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
+            labels = functools.cache(lambda: np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes)
+                                                       for part in parts]))   # only a data-built overlay asks
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg, labels),
                                         label_counts=labels)
             for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
@@ -208,9 +211,9 @@ def hold_out_local_tests(parts: list[np.ndarray], share: float, min_samples: int
     return train, tests
 
 
-def _build_graph(cfg: ExperimentConfig, label_counts: np.ndarray) -> nx.Graph:
+def _build_graph(cfg: ExperimentConfig, label_counts: Callable[[], np.ndarray]) -> nx.Graph:
     """The first phase's fixed graph (a dynamic topology's round graphs are drawn per round);
-    ``label_counts`` (nodes × classes) is the data the overlays built on it read."""
+    ``label_counts`` gives the nodes × classes counts the overlays built on the data read."""
     topo = cfg.topology
     if topo.kind == "file":
         try:

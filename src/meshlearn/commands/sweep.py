@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 def sweep_command(args: argparse.Namespace) -> int:
     from meshlearn.config import ConfigError
-    from meshlearn.sweep import parse_values, run_sweep
+    from meshlearn.sweep import ENDED, parse_values, run_sweep
 
     err, console = Console(stderr=True), Console()
     try:
@@ -44,7 +44,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         err.print(f"sweep interrupted: the runs in flight were stopped at a checkpoint; run the same command to "
                   f"continue ({args.out}/index.json lists where each run stands)", highlight=False, markup=False)
         return 130
-    failed = [entry["dir"] for entry in index if entry["status"] not in ("completed", "diverged")]
+    failed = [entry["dir"] for entry in index if entry["status"] not in ENDED]
     console.print(f"{len(index) - len(failed)} of {len(index)} runs ended; index: {args.out}/index.json",
                   highlight=False, markup=False)
     return 1 if failed else 0

@@ -370,10 +370,11 @@ def check_params(kind: str, n: int, **params: Any) -> None:
             )
 
 
-def build(kind: str, n: int, seed: int | None = 0, label_counts: np.ndarray | None = None,
-          **params: Any) -> nx.Graph:
+def build(kind: str, n: int, seed: int | None = 0,
+          label_counts: np.ndarray | Callable[[], np.ndarray] | None = None, **params: Any) -> nx.Graph:
     """Validate with :func:`check_params`, then generate; ``seed`` only matters for random kinds,
-    ``label_counts`` (nodes × classes training labels) for those built on the data (``knn``).
+    ``label_counts`` (nodes × classes training labels, or a function giving them, called only by
+    a generator that takes them) for those built on the data (``knn``).
 
     ``kind`` may also be a user's generator by import path: a function ``(n, **options)``
     (taking ``seed`` too if it is random, ``label_counts`` if it reads the data) that returns
@@ -382,7 +383,7 @@ def build(kind: str, n: int, seed: int | None = 0, label_counts: np.ndarray | No
     if kind not in TOPOLOGIES and ":" in kind:
         from meshlearn import plugins
 
-        G = plugins.build("topology", kind, params, n=n, seed=seed, label_counts=label_counts)
+        G = plugins.build("topology", kind, params, n=n, seed=seed, label_counts=_counts(label_counts))
         if not isinstance(G, nx.Graph) or set(G.nodes) != set(range(n)):
             raise ValueError(f"topology.kind = {kind!r} must return a networkx graph on nodes 0..{n - 1}, "
                              f"got {type(G).__name__} with {getattr(G, 'number_of_nodes', lambda: '?')()} nodes")
@@ -393,5 +394,9 @@ def build(kind: str, n: int, seed: int | None = 0, label_counts: np.ndarray | No
     if kind in _SEEDED:
         kwargs["seed"] = seed
     if "label_counts" in inspect.signature(TOPOLOGIES[kind]).parameters:   # built on the data
-        kwargs["label_counts"] = label_counts
+        kwargs["label_counts"] = _counts(label_counts)
     return TOPOLOGIES[kind](n, **kwargs)
+
+
+def _counts(label_counts: np.ndarray | Callable[[], np.ndarray] | None) -> np.ndarray | None:
+    return label_counts() if callable(label_counts) else label_counts

@@ -145,9 +145,9 @@ def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
 class TopologySchedule:
     """The communication graph of every round, as the ``[topology]`` config describes it."""
 
-    def __init__(self, cfg, base: nx.Graph | None = None, label_counts: np.ndarray | None = None):
+    def __init__(self, cfg, base: nx.Graph | None = None, label_counts=None):
         self.cfg = cfg                      # ExperimentConfig
-        self.label_counts = label_counts    # nodes × classes: what overlays built on the data read (knn)
+        self.label_counts = label_counts    # nodes × classes, or a function giving them: what knn reads
         self.n = cfg.nodes
         self.phases = sorted([(1, cfg.topology), *((p.from_round, p) for p in cfg.topology.schedule)],
                              key=lambda item: item[0])
