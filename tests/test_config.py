@@ -103,7 +103,7 @@ def test_old_flat_configs_still_load():
     cfg = parse_config(old, check_files=False)
     assert cfg.topology.options == {} and cfg.data.partition_options == {}
     assert cfg.training.optimizer_options == {"betas": [0.9, 0.99], "eps": 1e-8, "weight_decay": 0.0}
-    assert cfg.sharing.options == {"fraction": 0.2, "error_feedback": False}
+    assert cfg.sharing.options == {"fraction": 0.2, "error_feedback": False, "support": "smaller"}
     with pytest.raises(ConfigError, match="topology.options.degree is not an option of topology.kind = 'ring'"):
         parse_config({"topology": {"kind": "ring", "degree": 8}}, check_files=False)
     with pytest.raises(ConfigError, match="keep only options.fraction"):

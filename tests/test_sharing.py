@@ -35,6 +35,11 @@ SCHEMES = {
     "full-lz4": {"name": "full", "compression": "lz4"},
     "choco-zstd": {"name": "choco", "gamma": 0.5, "compression": "zstd"},
     "choco-stc": {"name": "choco", "gamma": 0.3, "compressor": {"name": "stc", "fraction": 0.05}},
+    "topk-elias": {"name": "topk", "options": {"fraction": 0.1, "support": "indices"}, "compression": "elias"},
+    "quantize-fpzip": {"name": "quantize", "options": {"method": "fpzip", "precision": 12},
+                       "compression": "elias-fpzip"},
+    "choco-fpzip": {"name": "choco", "options": {"gamma": 0.5, "compressor": {"name": "fpzip", "precision": 16}},
+                    "compression": "fpzip"},
     "jwins": {"name": "jwins", "options": {"fractions": [0.1, 0.3], "level": 3}},
     "jwins-fft": {"name": "jwins", "options": {"transform": "fft", "fractions": [0.2], "error_feedback": True}},
 }
@@ -310,6 +315,8 @@ def test_bytes_are_exact_wire_sizes(scheme):
         assert "indices" in payloads[0] and payloads[0]["indices"].dtype == torch.int16
     if scheme == "topk":
         assert "bitmask" in payloads[0]
+    if codec in ("elias", "fpzip", "elias-fpzip"):  # the stage shrinks what it takes: indices, rounded floats
+        assert (engine.bytes_sent - before < engine.counters["bytes_uncompressed"]).all()
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +343,8 @@ def perturb(nodes, rnd):
 
 
 @pytest.mark.parametrize("scheme", ["random-seed", "topk-ef-indices", "choco-qsgd", "choco-randomk", "quantize-qsgd",
-                                    "quantize-uniform", "topk-zstd", "jwins", "jwins-fft"])
+                                    "quantize-uniform", "topk-zstd", "jwins", "jwins-fft", "topk-elias",
+                                    "quantize-fpzip"])
 def test_message_passing_workers_match_the_simulator(scheme):
     cfg = parse_config({"seed": 5, "sharing": SCHEMES[scheme]}, check_files=False)
     n, size = 8, 300
@@ -516,7 +524,7 @@ def test_qsgd_is_unbiased_and_uniform_is_within_half_a_step():
     ({"name": "choco", "options": {"compressor": "gzip"}}, "sharing.options.compressor = 'gzip' is unknown"),
     ({"name": "quantize", "levels": 200}, "sharing.options.levels = 200: Input should be less than or equal to 127"),
     ({"name": "quantize", "method": "uniform", "bits": 9}, "sharing.options.bits = 9"),
-    ({"name": "quantize", "method": "exact"}, "sharing.options.method = 'exact': Input should be 'qsgd' or"),
+    ({"name": "quantize", "method": "exact"}, "sharing.options.method = 'exact': Input should be 'qsgd', 'uniform' or 'fpzip'"),
     ({"name": "topk", "fraction": 0.2, "options": {"fraction": 0.1}}, "keep only options.fraction"),
     ({"name": "topk", "compression": "gzip"}, "sharing.compression"),
     ({"name": "sparse"}, "sharing.name"),
@@ -529,7 +537,7 @@ def test_invalid_sharing_options_name_the_key(raw, hint):
 
 def test_defaults_are_filled_in_and_the_resolved_config_reloads():
     cfg = parse_config({"sharing": {"name": "choco"}}, check_files=False)
-    assert cfg.sharing.options == {"gamma": 0.2, "compressor": {"name": "topk", "options": {"fraction": 0.1}}}
+    assert cfg.sharing.options == {"gamma": 0.2, "compressor": {"name": "topk", "options": {"fraction": 0.1, "support": "smaller"}}}
     again = parse_config(cfg.to_toml_dict(), check_files=False)
     assert again == cfg
     assert parse_config({}, check_files=False).sharing.name == "full"

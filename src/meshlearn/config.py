@@ -348,7 +348,8 @@ class SharingConfig(_Module):
               "bucket_size")
 
     name: str = Field("full", description="built-in sharing scheme or import path of a Sharing subclass")
-    compression: Literal["none", "zstd", "lz4"] = Field("none", description="lossless stage on every message")
+    compression: Literal["none", "zstd", "lz4", "elias", "fpzip", "elias-fpzip"] = Field(
+        "none", description="lossless stage on every message (elias: sorted indices; fpzip: floats)")
     private: list[str] = Field(default_factory=list, description="fnmatch patterns over the model's parameter names "
                                "(its named_parameters(), e.g. 'net.2.*'): those parameters stay on their node, "
                                "never sent nor mixed")

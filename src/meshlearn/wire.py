@@ -10,8 +10,8 @@ simulator the exact number of bytes a real transport would put on the wire.
 byte streams: a 4-byte little-endian frame count, then per frame an 8-byte
 little-endian length followed by the frame bytes.
 
-An optional lossless stage (``compression="zstd"`` or ``"lz4"``) compresses each tensor
-frame that shrinks and names the codec in the header (``"codec"``). A frame whose length
+An optional lossless stage (``compression``: a codec of ``meshlearn.codecs``) compresses each
+tensor frame that shrinks and names the codec in the header (``"codec"``). A frame whose length
 equals its declared size travels raw; a shorter one is decompressed into exactly the
 declared size, so the size check against ``max_bytes`` still bounds what a receiver
 allocates (a decompression bomb is rejected, never expanded).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import struct
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
@@ -29,6 +28,8 @@ from typing import Any, NamedTuple, Union
 import msgpack
 import numpy as np
 import torch
+
+from meshlearn import codecs
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -96,9 +97,8 @@ _DTYPE_NAMES = {tdt: name for name, (tdt, _) in _DTYPES.items()}
 _REQUIRED_KEYS = frozenset({"v", "run", "src", "rnd", "kind", "names", "dtypes", "shapes"})
 _OPTIONAL_KEYS = frozenset({"meta", "codec"})
 
-# Lossless codecs for tensor frames: name -> the PyPI package that provides it.
-CODECS = {"zstd": "zstandard", "lz4": "lz4"}
-ZSTD_LEVEL = 3
+# Lossless codecs for tensor frames: name -> its stages (see meshlearn.codecs).
+CODECS = codecs.CODECS
 
 Frame = Union[bytes, bytearray, memoryview]
 MetaValue = Union[int, float, str, bool]
@@ -277,70 +277,15 @@ def _codec_name(compression: str | None) -> str | None:
 def check_codec(compression: str | None) -> None:
     """Raise ImportError, naming the package to install, if the codec is unavailable."""
     codec = _codec_name(compression)
-    if codec is None:
-        return
+    if codec is not None:
+        codecs.check_codec(codec)
+
+
+def _decompress(view: memoryview, spec: _Spec, codec: str, what: str) -> bytes | bytearray:
     try:
-        if codec == "zstd":
-            import zstandard  # noqa: F401
-        else:
-            import lz4.block  # noqa: F401
-    except ImportError:
-        raise ImportError(f"compression {codec!r} needs the {CODECS[codec]!r} package: "
-                          f"pip install {CODECS[codec]}") from None
-
-
-_local = threading.local()  # zstd contexts are reusable but not shareable between threads
-
-
-def _compress(data: memoryview, codec: str) -> bytes:
-    check_codec(codec)
-    if codec == "zstd":
-        import zstandard
-
-        cctx = getattr(_local, "zstd", None)
-        if cctx is None:
-            cctx = _local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)  # records the content size
-        return cctx.compress(data)
-    import lz4.block
-
-    return lz4.block.compress(data, store_size=False)
-
-
-def _decompress(view: memoryview, nbytes: int, codec: str, what: str) -> bytes | bytearray:
-    """Exactly ``nbytes`` from a compressed frame, never allocating more."""
-    try:
-        check_codec(codec)
-    except ImportError as e:
-        raise MessageError(f"{what} is {codec}-compressed: {e}") from None
-    if codec == "zstd":
-        import zstandard
-
-        try:
-            declared = zstandard.frame_content_size(view)
-        except zstandard.ZstdError as e:
-            raise MessageError(f"{what} is not a zstd frame: {e}") from None
-        if declared < 0:  # -1: the frame does not state its size, so nothing bounds it in advance
-            raise MessageError(f"{what} is a zstd frame without its content size; header declares {nbytes} bytes")
-        if declared != nbytes:
-            raise MessageError(f"{what} decompresses to {declared} bytes, header declares {nbytes}")
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            out = dobj.decompress(view)
-        except zstandard.ZstdError as e:
-            raise MessageError(f"{what} is corrupt: {e}") from None
-        if not dobj.eof or dobj.unused_data:
-            raise MessageError(f"{what} is not exactly one complete zstd frame")
-    else:
-        import lz4.block
-
-        try:  # the block format has no size of its own: lz4 writes at most nbytes
-            # a writable bytearray: decode wraps it instead of copying it again
-            out = lz4.block.decompress(view, uncompressed_size=nbytes, return_bytearray=True)
-        except lz4.block.LZ4BlockError as e:
-            raise MessageError(f"{what} is corrupt or larger than declared: {e}") from None
-    if len(out) != nbytes:
-        raise MessageError(f"{what} decompresses to {len(out)} bytes, header declares {nbytes}")
-    return out
+        return codecs.decompress(view, spec.nbytes, spec.dtype, codec, what)
+    except codecs.CodecError as e:
+        raise MessageError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -413,12 +358,12 @@ def _tensor_frame(t: torch.Tensor) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def _maybe_compressed(frame: memoryview, codec: str | None) -> Frame:
+def _maybe_compressed(frame: memoryview, dtype: str, codec: str | None) -> Frame:
     """The compressed frame if it is strictly shorter, else the raw one (no ambiguity on decode)."""
     if codec is None or not frame.nbytes:
         return frame
-    packed = _compress(frame, codec)
-    return packed if len(packed) < frame.nbytes else frame
+    packed = codecs.compress(frame, dtype, codec)
+    return packed if packed is not None and len(packed) < frame.nbytes else frame
 
 
 def encode(msg: Message, compression: str | None = None) -> list[Frame]:
@@ -426,7 +371,7 @@ def encode(msg: Message, compression: str | None = None) -> list[Frame]:
 
     Tensor frames alias the tensors' memory (for contiguous CPU tensors), so
     the tensors must not be modified until the frames have been sent.
-    With ``compression`` ("zstd" or "lz4"), each tensor frame that shrinks is
+    With ``compression`` (a name in ``CODECS``), each tensor frame that shrinks is
     replaced by its compressed bytes.
     """
     return [encode_header(msg, compression), *encode_tensors(msg.tensors, compression)]
@@ -435,7 +380,7 @@ def encode(msg: Message, compression: str | None = None) -> list[Frame]:
 def encode_tensors(tensors: dict[str, torch.Tensor], compression: str | None = None) -> list[Frame]:
     """Frames 1..k of a message holding ``tensors`` (they do not depend on the header)."""
     codec = _codec_name(compression)
-    return [_maybe_compressed(_tensor_frame(t), codec) for t in tensors.values()]
+    return [_maybe_compressed(_tensor_frame(t), _DTYPE_NAMES.get(t.dtype, ""), codec) for t in tensors.values()]
 
 
 def encode_header(msg: Message, compression: str | None = None) -> bytes:
@@ -449,7 +394,7 @@ def tensor_frame_nbytes(t: torch.Tensor, compression: str | None = None) -> int:
     codec = _codec_name(compression)
     if codec is None:
         return t.numel() * t.element_size()
-    return len(_maybe_compressed(_tensor_frame(t), codec))
+    return len(_maybe_compressed(_tensor_frame(t), _DTYPE_NAMES.get(t.dtype, ""), codec))
 
 
 def header_nbytes(msg: Message, compression: str | None = None) -> int:
@@ -607,7 +552,7 @@ def decode(
     for i, (spec, frame) in enumerate(zip(header.specs, frames[1:]), start=1):
         view = _byte_view(frame, f"frame {i}")
         if header.codec is not None and view.nbytes < spec.nbytes:
-            view = memoryview(_decompress(view, spec.nbytes, header.codec, f"frame {i} (tensor {spec.name!r})"))
+            view = memoryview(_decompress(view, spec, header.codec, f"frame {i} (tensor {spec.name!r})"))
         if view.nbytes != spec.nbytes:
             problem = "truncated" if view.nbytes < spec.nbytes else "too long"
             raise MessageError(

@@ -29,9 +29,9 @@ from meshlearn.streams import Stream
 from meshlearn.wire import MessageError
 
 __all__ = [
-    "Compressor", "Identity", "TopK", "SparseTernary", "RandomK", "QSGD", "Uniform", "COMPRESSORS",
+    "Compressor", "Identity", "TopK", "SparseTernary", "RandomK", "QSGD", "Uniform", "Fpzip", "COMPRESSORS",
     "round_seeds", "count", "top_indices", "encode_support", "decode_support", "scatter", "pack_bits",
-    "unpack_bits", "Fraction", "BucketSize", "Levels", "Bits",
+    "unpack_bits", "Fraction", "BucketSize", "Levels", "Bits", "Support",
 ]
 
 # Options shared by the compressors and by the sharing schemes built on them.
@@ -39,6 +39,9 @@ Fraction = Annotated[float, Field(gt=0, le=1, description="share of the paramete
 BucketSize = Annotated[int, Field(ge=0, description="coordinates per scale (0 = one scale for all)")]
 Levels = Annotated[int, Field(ge=1, le=127, description="levels per sign (2·levels+1 codes, e.g. 7 → 4 bits)")]
 Bits = Annotated[int, Field(ge=1, le=8, description="bits per coordinate")]
+Support = Annotated[Literal["smaller", "indices", "bitmask"], Field(
+    description="how the support travels: whichever is smaller raw, a sorted index list (which "
+                "sharing.compression = 'elias' shrinks further), or a bitmask")]
 
 
 def round_seeds(seed: int, ids: torch.Tensor, rnd: int, stream: int) -> list[int]:
@@ -56,15 +59,18 @@ def _index_dtype(size: int) -> torch.dtype:
     return torch.int16 if size <= 2**15 else torch.int32 if size <= 2**31 else torch.int64
 
 
-def _uses_bitmask(k: int, size: int) -> bool:
-    """Whether a P-bit mask is shorter on the wire than k indices (sender and receiver decide alike)."""
+def _uses_bitmask(k: int, size: int, support: str) -> bool:
+    """Whether the support travels as a P-bit mask (sender and receiver decide alike): as asked,
+    or where it is shorter than k raw indices."""
+    if support != "smaller":
+        return support == "bitmask"
     index_bytes = k * torch.empty(0, dtype=_index_dtype(size)).element_size()
     return math.ceil(size / 8) < index_bytes
 
 
-def encode_support(idx: torch.Tensor, size: int) -> Payload:
+def encode_support(idx: torch.Tensor, size: int, support: str = "smaller") -> Payload:
     """The support of (B, k) sorted indices: ``{"indices": ...}`` or ``{"bitmask": ...}``."""
-    if not _uses_bitmask(idx.shape[1], size):
+    if not _uses_bitmask(idx.shape[1], size, support):
         return {"indices": idx.to(_index_dtype(size))}
     mask = _mask_of(idx, size)
     return {"bitmask": torch.from_numpy(np.packbits(mask.numpy(), axis=1, bitorder="little"))}
@@ -97,9 +103,9 @@ def _expect(payload: Payload, name: str, shape: tuple[int, ...], dtype: torch.dt
     return t
 
 
-def decode_support(payload: Payload, k: int, size: int) -> torch.Tensor:
+def decode_support(payload: Payload, k: int, size: int, support: str = "smaller") -> torch.Tensor:
     """(S, size) bool mask of the coordinates each sender sent, validated (exactly k per row)."""
-    if not _uses_bitmask(k, size):
+    if not _uses_bitmask(k, size, support):
         idx = _expect(payload, "indices", (k,), _index_dtype(size)).long()
         if idx.numel() and (idx.min() < 0 or idx.max() >= size or (idx[:, 1:] <= idx[:, :-1]).any()):
             raise MessageError(f"indices must be increasing and in [0, {size})")
@@ -174,11 +180,13 @@ class _Sparsifier(Compressor):
     """k = fraction·P coordinates per node: their values and their support."""
 
 
-    def __init__(self, fraction: Fraction = 0.1, seed: int = 0):
+    def __init__(self, fraction: Fraction = 0.1, support: Support = "smaller", seed: int = 0):
         super().__init__(seed)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction = {fraction} must be in (0, 1]")
-        self.fraction = fraction
+        if support not in ("smaller", "indices", "bitmask"):
+            raise ValueError(f"support = {support!r} must be 'smaller', 'indices' or 'bitmask'")
+        self.fraction, self.support = fraction, support
         self.k = 0
 
     def setup(self, size: int) -> None:
@@ -191,13 +199,13 @@ class _Sparsifier(Compressor):
 
     def payload(self, values: torch.Tensor, idx: torch.Tensor) -> Payload:
         """``values`` at ``idx`` (each row's own) and the support."""
-        return {"values": values.gather(1, idx), **encode_support(idx, self.size)}
+        return {"values": values.gather(1, idx), **encode_support(idx, self.size, self.support)}
 
     def compress(self, rows, ids, rnd):
         return self.payload(rows, self.select(rows, ids, rnd))
 
     def mask(self, payload: Payload) -> torch.Tensor:
-        return decode_support(payload, self.k, self.size)
+        return decode_support(payload, self.k, self.size, self.support)
 
     def decompress_partial(self, payload):
         values = _expect(payload, "values", (self.k,), torch.float32)
@@ -228,7 +236,7 @@ class SparseTernary(TopK):
     def payload(self, values: torch.Tensor, idx: torch.Tensor) -> Payload:
         chosen = values.gather(1, idx)
         return {"mean": chosen.abs().mean(1), "signs": pack_bits((chosen < 0).to(torch.uint8), 1),
-                **encode_support(idx, self.size)}
+                **encode_support(idx, self.size, self.support)}
 
     def decompress_partial(self, payload):
         mean = _expect(payload, "mean", (), torch.float32)
@@ -240,6 +248,29 @@ class SparseTernary(TopK):
             raise MessageError(f"payload has means of {mean.shape[0]} senders, support of {mask.shape[0]}")
         values = mean.unsqueeze(1) * (1 - 2 * unpack_bits(signs, 1, self.k).to(mean.dtype))
         return scatter(values, mask), mask.to(mean.dtype)
+
+
+class Fpzip(Compressor):
+    """fpzip's lossy mode at ``precision`` bits: every value as fpzip reconstructs it (its low
+    32 − precision bits cleared). The values travel as floats; with ``sharing.compression =
+    "fpzip"`` the wire writes them at that precision, so they take fpzip's lossy size exactly."""
+
+    name = "fpzip"
+
+    def __init__(self, precision: Annotated[int, Field(ge=2, le=32, description=(
+                     "leading bits kept of each float32 (sign, exponent, mantissa): 32 is lossless, "
+                     "16 about 4 significant digits"))] = 16, seed: int = 0):
+        super().__init__(seed)
+        if not 2 <= precision <= 32:
+            raise ValueError(f"precision = {precision} must be in [2, 32]")
+        self.precision = precision
+
+    def compress(self, rows, ids, rnd):
+        mask = torch.tensor(-(1 << (32 - self.precision)), dtype=torch.int32)  # ones above the dropped bits
+        return {"values": (rows.contiguous().view(torch.int32) & mask).view(torch.float32)}
+
+    def decompress(self, payload):
+        return _expect(payload, "values", (self.size,), torch.float32)
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -258,8 +289,8 @@ class RandomK(_Sparsifier):
     def __init__(self, fraction: Fraction = 0.1,
                  indices: Annotated[Literal["seed", "explicit"], Field(
                      description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
-                 seed: int = 0):
-        super().__init__(fraction, seed)
+                 support: Support = "smaller", seed: int = 0):
+        super().__init__(fraction, support, seed)
         if indices not in ("seed", "explicit"):
             raise ValueError(f"indices = {indices!r} must be 'seed' or 'explicit'")
         self.indices = indices
@@ -398,5 +429,5 @@ class Uniform(_Bucketed):
 
 
 COMPRESSORS: dict[str, type[Compressor]] = {
-    c.name: c for c in (Identity, TopK, SparseTernary, RandomK, QSGD, Uniform)
+    c.name: c for c in (Identity, TopK, SparseTernary, RandomK, QSGD, Uniform, Fpzip)
 }

@@ -79,7 +79,7 @@ class JWINSSharing(PartialSharing):
                                                              level=self.level, axis=1)]
         coefficients = self.forward(nodes.params)
         for fraction in self.fractions:
-            self.sparsifiers[fraction] = TopK(fraction, self.seed)
+            self.sparsifiers[fraction] = TopK(fraction, seed=self.seed)
             self.sparsifiers[fraction].setup(coefficients.shape[1])
         nodes.state["jwins_reference"] = coefficients
 

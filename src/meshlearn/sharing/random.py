@@ -28,7 +28,7 @@ class RandomSharing(PartialSharing):
                      description="send a seed (receivers regenerate the indices) or the indices")] = "seed",
                  seed: int = 0):
         super().__init__(seed)
-        self.sampler = RandomK(fraction, indices, seed)
+        self.sampler = RandomK(fraction, indices, seed=seed)
 
     def setup(self, nodes: NodeBatch) -> None:
         self.sampler.setup(nodes.params.shape[1])

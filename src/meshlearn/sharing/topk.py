@@ -15,7 +15,7 @@ from pydantic import Field
 
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, PartialSharing, Payload
-from meshlearn.sharing.compressors import Fraction, TopK, top_indices
+from meshlearn.sharing.compressors import Fraction, Support, TopK, top_indices
 
 
 class TopKSharing(PartialSharing):
@@ -25,9 +25,9 @@ class TopKSharing(PartialSharing):
 
     def __init__(self, fraction: Fraction = 0.1,
                  error_feedback: Annotated[bool, Field(description="accumulate unsent changes (residual)")] = False,
-                 seed: int = 0):
+                 support: Support = "smaller", seed: int = 0):
         super().__init__(seed)
-        self.sparsifier = TopK(fraction, seed)
+        self.sparsifier = TopK(fraction, support, seed)
         self.error_feedback = error_feedback
 
     def setup(self, nodes: NodeBatch) -> None:
