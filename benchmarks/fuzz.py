@@ -1,7 +1,8 @@
 """Fuzzing the readers of untrusted input: every bad input must end in the reader's own error.
 
 Hypothesis generates inputs for each reader (configs as text and as tables, topology files,
-IDX files plain and gzipped, LEAF JSON and its Reddit records, CIFAR-10 batches, checkpoint files, and wire messages:
+IDX files plain and gzipped, LEAF JSON and its Reddit records, CIFAR-10 batches, checkpoint files, and wire messages,
+raw and through the Elias-gamma and fpzip stages (``codecs``):
 random bytes and mutations of valid ones). An input passes when the reader accepts it or raises its documented
 error (``ConfigError`` for configs, ``ValueError`` naming the file for data and graph files,
 ``MessageError`` for messages, ``CheckpointError`` for checkpoints); any other exception is a crash, a traceback a user would see.
@@ -77,6 +78,11 @@ def valid_message() -> list[bytes]:
 
 
 VALID_FRAMES = valid_message()
+# A top-k payload through the Elias-gamma and fpzip stages: both decoders meet the mutations.
+VALID_CODED = [bytes(frame) for frame in wire.encode(wire.Message(
+    kind="model", run="0123456789ab", src=3, rnd=7, meta={"dst": 5},
+    tensors={"values": torch.linspace(-1, 1, 400), "indices": torch.arange(0, 4000, 10, dtype=torch.int32)}),
+    "elias-fpzip")]
 
 
 def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
@@ -210,20 +216,28 @@ def fuzz_cifar(tally: Tally, n: int) -> None:
     case()
 
 
-def fuzz_wire(tally: Tally, n: int) -> None:
+def _fuzz_frames(tally: Tally, n: int, valid: list[bytes]) -> None:
     edits = st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)), max_size=6)
-    frame = st.sampled_from(range(len(VALID_FRAMES)))
+    frame = st.sampled_from(range(len(valid)))
 
     @given(st.one_of(st.lists(st.binary(max_size=120), max_size=4),
                      st.builds(lambda k, e, cut, extra: [mutate(f, e, cut) if i == k else f
-                                                         for i, f in enumerate(VALID_FRAMES)] + extra,
-                               frame, edits, st.one_of(st.none(), st.integers(0, 200)),
+                                                         for i, f in enumerate(valid)] + extra,
+                               frame, edits, st.one_of(st.none(), st.integers(0, 2000)),
                                st.lists(st.binary(max_size=16), max_size=2))))
     @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def case(frames: list[bytes]) -> None:
         tally.run(lambda: wire.decode(frames, max_bytes=1 << 20), (wire.MessageError,), lambda: repr(frames)[:200])
 
     case()
+
+
+def fuzz_wire(tally: Tally, n: int) -> None:
+    _fuzz_frames(tally, n, VALID_FRAMES)
+
+
+def fuzz_codecs(tally: Tally, n: int) -> None:
+    _fuzz_frames(tally, n, VALID_CODED)
 
 
 VALID_CHECKPOINT = checkpoint.encode({"params": torch.ones(2, 3), "order": np.arange(4), "pos": {0: 2, 1: None},
@@ -243,7 +257,7 @@ def fuzz_checkpoint(tally: Tally, n: int) -> None:
 
 
 TARGETS = {"config_text": fuzz_config_text, "config_table": fuzz_config_table, "graph_file": fuzz_graph_file,
-           "idx": fuzz_idx, "leaf": fuzz_leaf, "reddit": fuzz_reddit, "cifar": fuzz_cifar, "wire": fuzz_wire,
+           "idx": fuzz_idx, "leaf": fuzz_leaf, "reddit": fuzz_reddit, "cifar": fuzz_cifar, "wire": fuzz_wire, "codecs": fuzz_codecs,
            "checkpoint": fuzz_checkpoint}
 
 

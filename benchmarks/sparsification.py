@@ -19,6 +19,10 @@ compressed scheme gets a budget of about 10 % of the full model per message:
     quantize-qsgd3  QSGD with 3 levels per sign: 7 codes in 3 bits plus one norm per 512
                     parameters, 9.6 %. Stochastic rounding of whole models adds noise that
                     accumulates; 4-bit uniform (12.9 %) or 8-bit (25 %) are the next steps up.
+    topk-elias      topk with its support as a sorted index list, which the elias-fpzip stage
+                    writes as Elias-gamma codes of the gaps (values through fpzip)
+    fpzip10/12      whole models rounded to fpzip's lossy precision of 10 or 12 bits (1 or 3
+                    mantissa bits) and written by fpzip: the reference framework's EliasFpzipLossy
 
 Bytes are the exact wire sizes the simulator charges (header, values, indices or seed).
 "full @ same MB" is full sharing's accuracy when it had sent as many bytes as the scheme
@@ -54,6 +58,10 @@ SCHEMES: dict[str, dict] = {
     "choco": {"name": "choco", "options": {"gamma": 0.25, "compressor": {"name": "topk", "options": {"fraction": BUDGET}}}},
     "quantize-u3": {"name": "quantize", "method": "uniform", "bits": 3, "bucket_size": 512},
     "quantize-qsgd3": {"name": "quantize", "method": "qsgd", "levels": 3, "bucket_size": 512},
+    "topk-elias": {"name": "topk", "options": {"fraction": BUDGET, "error_feedback": True, "support": "indices"},
+                   "compression": "elias-fpzip"},
+    "fpzip10": {"name": "quantize", "options": {"method": "fpzip", "precision": 10}, "compression": "fpzip"},
+    "fpzip12": {"name": "quantize", "options": {"method": "fpzip", "precision": 12}, "compression": "fpzip"},
 }
 
 

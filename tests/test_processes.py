@@ -36,7 +36,7 @@ from meshlearn.engines.transport import Transport
 from meshlearn.engines.worker import Worker
 from meshlearn.evaluation import round_record
 from meshlearn.experiment import Experiment
-from meshlearn.results import read_jsonl, read_models
+from meshlearn.results import metric_of, read_jsonl, read_models
 from meshlearn.runner import run_experiment
 
 RUN_ID = "0123456789ab"   # 12 hex characters, like the run ids of the runner and of `meshlearn node`
@@ -81,10 +81,11 @@ def assert_same_run(sim, sim_reports, engine, reports, *, exact_bytes: bool = Tr
     ours, theirs = records(reports), records(sim_reports)
     assert [r["round"] for r in ours] == [r["round"] for r in theirs] == list(range(len(theirs)))
     for a, b in zip(ours, theirs):
+        m = metric_of(b)   # accuracy, or RMSE for regression
         assert a["eval_nodes"] == b["eval_nodes"] == sim.experiment.num_nodes
-        assert abs(a["test_acc_mean"] - b["test_acc_mean"]) <= 1e-6, (a["round"], a, b)
+        assert abs(a[f"test_{m}_mean"] - b[f"test_{m}_mean"]) <= 1e-6, (a["round"], a, b)
         assert abs(a["test_loss_mean"] - b["test_loss_mean"]) <= 1e-5
-        assert abs(a["avg_model_acc"] - b["avg_model_acc"]) <= 1e-6
+        assert abs(a[f"avg_model_{m}"] - b[f"avg_model_{m}"]) <= 1e-6
         assert a["consensus_distance"] == pytest.approx(b["consensus_distance"], rel=1e-3, abs=1e-7)
         if exact_bytes:
             assert a["bytes_sent_per_node"] == b["bytes_sent_per_node"]

@@ -42,6 +42,8 @@ SCHEMES = {
                     "compression": "fpzip"},
     "jwins": {"name": "jwins", "options": {"fractions": [0.1, 0.3], "level": 3}},
     "jwins-fft": {"name": "jwins", "options": {"transform": "fft", "fractions": [0.2], "error_feedback": True}},
+    "jwins-elias": {"name": "jwins", "options": {"fractions": [0.1, 0.3], "support": "indices"},
+                    "compression": "elias-fpzip"},
 }
 
 

@@ -121,9 +121,13 @@ class Run:
         return self._models
 
     def __repr__(self) -> str:
-        acc = self.summary.get("final", {}).get("test_acc_mean")
+        from meshlearn.results import metric_of
+
+        final = self.summary.get("final", {})
+        key = f"test_{metric_of(final)}_mean"
+        value = final.get(key)
         return (f"Run({self.config.name!r}, {self.summary.get('status')}, {self.summary.get('rounds_completed')}/"
-                f"{self.config.rounds} rounds, test_acc_mean={acc if acc is None else round(acc, 4)}, "
+                f"{self.config.rounds} rounds, {key}={value if value is None else round(value, 4)}, "
                 f"dir={None if self.dir is None else str(self.dir)!r})")
 
 

@@ -67,14 +67,15 @@ class Evaluator:
         x, y = samples or (self.x, self.y)
         return metrics.evaluate_models(self.model, exp.layout, params, x, y,
                                        batch_size=self.cfg.batch_size, chunk_size=exp.chunk_size,
-                                       batched=exp.batching == "vmap")
+                                       batched=exp.batching == "vmap", task=exp.task)
 
     def local(self, ids: torch.Tensor, params: torch.Tensor) -> "Evaluation":
         """Evaluate the sampled nodes among ``ids`` (rows of ``params``)."""
         wanted = np.isin(ids.numpy(), self.node_ids)
         rows = torch.from_numpy(np.flatnonzero(wanted))
         acc, loss = self.models(params[rows]) if len(rows) else (torch.empty(0), torch.empty(0))
-        evaluation = Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y))
+        evaluation = Evaluation(ids.numpy()[wanted].copy(), acc.numpy(), loss.numpy(), len(self.y),
+                                metric=self.experiment.task.metric)
         if self.cfg.local_test > 0 and self.server_only:
             # the server's model is every client's: score it on each client's own data
             clients = np.arange(1, self.experiment.num_nodes) if len(rows) else np.empty(0, dtype=np.int64)
@@ -102,7 +103,7 @@ class Evaluator:
                 continue
             node_acc, node_loss = metrics.evaluate_models(self.model, exp.layout, params[i:i + 1], *samples,
                                                           batch_size=self.cfg.batch_size, chunk_size=1,
-                                                          batched=exp.batching == "vmap")
+                                                          batched=exp.batching == "vmap", task=exp.task)
             acc[i], loss[i] = float(node_acc[0]), float(node_loss[0])
         return acc, loss
 
@@ -126,12 +127,15 @@ class Evaluator:
 
 @dataclass
 class Evaluation:
-    """Test metrics of the evaluated nodes of one round."""
+    """Test metrics of the evaluated nodes of one round. ``acc``, ``val_acc``, ``local_acc`` and
+    ``avg_model_acc`` hold the task's metric, which records name by ``metric`` (test_acc_mean,
+    or test_rmse_mean for regression)."""
 
     nodes: np.ndarray
     acc: np.ndarray
     loss: np.ndarray
     samples: int
+    metric: str = "acc"
     consensus_distance: float | None = None
     avg_model_acc: float | None = None
     avg_model_loss: float | None = None
@@ -191,20 +195,21 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
         record["compression_ratio"] = float(report.node_metrics["bytes_uncompressed"].sum() / report.bytes_sent.sum())
     rows: list[dict[str, Any]] = []
     if ev is not None:
-        record.update(**_describe(ev.acc, "test_acc"), **_describe(ev.loss, "test_loss"),
+        m, worst = ev.metric, _worst(ev.metric)
+        record.update(**_describe(ev.acc, f"test_{m}"), **_describe(ev.loss, "test_loss"),
                       consensus_distance=ev.consensus_distance, eval_nodes=len(ev.nodes),
                       eval_samples=ev.samples)
         scored = np.isfinite(np.asarray(ev.acc, dtype=np.float64))
         if scored.any():
-            record["test_acc_worst_node"] = int(ev.nodes[scored][np.argmin(np.asarray(ev.acc)[scored])])
+            record[f"test_{m}_worst_node"] = int(ev.nodes[scored][worst(np.asarray(ev.acc)[scored])])
         if ev.avg_model_acc is not None:
-            record.update(avg_model_acc=ev.avg_model_acc, avg_model_loss=ev.avg_model_loss)
+            record.update({f"avg_model_{m}": ev.avg_model_acc, "avg_model_loss": ev.avg_model_loss})
         if ev.topology:
             record.update(ev.topology)
         if ev.local_acc is not None:
             record.update(_local_figures(ev))
         if ev.val_acc is not None:
-            record.update(**_describe(ev.val_acc, "val_acc"), **_describe(ev.val_loss, "val_loss"))
+            record.update(**_describe(ev.val_acc, f"val_{m}"), **_describe(ev.val_loss, "val_loss"))
         position = {int(node): i for i, node in enumerate(report.nodes)}
         by_node: dict[int, dict[str, Any]] = {}
 
@@ -217,33 +222,46 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
             return by_node[node]
 
         for node, acc, loss in zip(ev.nodes, ev.acc, ev.loss):
-            row_of(int(node)).update(test_acc=float(acc), test_loss=float(loss))
+            row_of(int(node)).update({f"test_{m}": float(acc), "test_loss": float(loss)})
         if ev.val_acc is not None:
             for node, acc, loss in zip(ev.nodes, ev.val_acc, ev.val_loss):
-                row_of(int(node)).update(val_acc=float(acc), val_loss=float(loss))
+                row_of(int(node)).update({f"val_{m}": float(acc), "val_loss": float(loss)})
         if ev.local_acc is not None:
             for node, acc, loss in zip(ev.locally_scored, ev.local_acc, ev.local_loss):
-                row_of(int(node)).update(local_acc=float(acc), local_loss=float(loss))
+                row_of(int(node)).update({f"local_{m}": float(acc), "local_loss": float(loss)})
         rows = [by_node[node] for node in sorted(by_node)]
     record["eval_time_s"] = report.eval_time_s
     return record, rows
 
 
+def _worst(metric: str):
+    """argmin for accuracy, argmax for an error such as RMSE."""
+    from meshlearn.tasks import TASKS
+
+    better_high = next((t.higher_is_better for t in TASKS.values() if t.metric == metric), True)
+    return np.argmin if better_high else np.argmax
+
+
 def _local_figures(ev: Evaluation) -> dict[str, Any]:
-    """Local-test figures over the evaluated nodes that have a local test set: mean, min, the
-    mean of the worst 10 % (at least one node; a tail the mean hides), and the worst node."""
+    """Local-test figures over the evaluated nodes that have a local test set: mean, min (max
+    for an error), the mean of the worst 10 % (at least one node; a tail the mean hides), and
+    the worst node."""
+    m, worst = f"local_{ev.metric}", _worst(ev.metric)
     acc = np.asarray(ev.local_acc, dtype=np.float64)
     loss = np.asarray(ev.local_loss, dtype=np.float64)
     scored = np.isfinite(acc)
-    out: dict[str, Any] = {"local_acc_mean": None, "local_acc_min": None, "local_acc_p10": None,
-                           "local_acc_worst_node": None, "local_loss_mean": None, "local_nodes": int(scored.sum())}
+    extreme = "min" if worst is np.argmin else "max"
+    out: dict[str, Any] = {f"{m}_mean": None, f"{m}_{extreme}": None, f"{m}_p10": None,
+                           f"{m}_worst_node": None, "local_loss_mean": None, "local_nodes": int(scored.sum())}
     if scored.any():
         values, losses = acc[scored], loss[scored]
-        worst = np.sort(values)[:max(1, len(values) // 10)]
-        out.update(local_acc_mean=float(values.mean()), local_acc_min=float(values.min()),
-                   local_acc_p10=float(worst.mean()),
-                   local_acc_worst_node=int(np.asarray(ev.locally_scored)[scored][np.argmin(values)]),
-                   local_loss_mean=float(losses[np.isfinite(losses)].mean()) if np.isfinite(losses).any() else None)
+        tail = np.sort(values)[:max(1, len(values) // 10)] if worst is np.argmin else \
+            np.sort(values)[::-1][:max(1, len(values) // 10)]
+        out.update({f"{m}_mean": float(values.mean()), f"{m}_{extreme}": float(values[worst(values)]),
+                    f"{m}_p10": float(tail.mean()),
+                    f"{m}_worst_node": int(np.asarray(ev.locally_scored)[scored][worst(values)]),
+                    "local_loss_mean": float(losses[np.isfinite(losses)].mean()) if np.isfinite(losses).any()
+                    else None})
     return out
 
 

@@ -27,6 +27,7 @@ from meshlearn.nodes import NodeBatch, ParamLayout
 from meshlearn.dynamics import Availability, late, training_times
 from meshlearn.topology.schedule import TopologySchedule
 from meshlearn.streams import Stream
+from meshlearn.tasks import TASKS, Task
 from meshlearn.training import LocalTrainer, default_batching
 
 __all__ = ["Experiment"]
@@ -69,8 +70,7 @@ class Experiment:
             parts, local_tests = hold_out_local_tests(parts, cfg.evaluation.local_test, cfg.data.min_samples, cfg.seed)
             held = cfg.evaluation.validation if cfg.evaluation.validation_from == "train" else 0.0
             parts, validations = hold_out_local_tests(parts, held, cfg.data.min_samples, cfg.seed, Stream.VALIDATION)
-            labels = functools.cache(lambda: np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes)
-                                                       for part in parts]))   # only a data-built overlay asks
+            labels = functools.cache(lambda: _label_counts(dataset, parts))   # only a data-built overlay asks
             schedule = TopologySchedule(cfg, None if cfg.topology.kind == "epidemic" else _build_graph(cfg, labels),
                                         label_counts=labels)
             for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
@@ -104,6 +104,11 @@ class Experiment:
     def num_nodes(self) -> int:
         return self.config.nodes
 
+    @property
+    def task(self) -> Task:
+        """The data set's loss and metric (classification unless it says otherwise)."""
+        return TASKS[self.dataset.task]
+
     def initial_params(self, node_ids: list[int]) -> torch.Tensor:
         """(B, P) starting models: one shared initialization, or one per node seeded by its id."""
         if self.config.model.same_init:
@@ -113,7 +118,8 @@ class Experiment:
             for node in node_ids:
                 torch.manual_seed(streams.seed_of(self.config.seed, Stream.INITIAL_MODEL, node))
                 rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
-                                                             self.dataset.num_classes, **self.config.model.options)))
+                                                             self.dataset.num_classes, self.dataset.cardinalities,
+                                                             **self.config.model.options)))
         return torch.stack(rows)
 
     def honest(self, node_ids) -> np.ndarray:
@@ -134,6 +140,7 @@ class Experiment:
             torch.from_numpy(self.dataset.x_train), labels,
             {node: self.parts[node] for node in node_ids}, cfg.seed,
             batching=self.batching, chunk_size=self.chunk_size, dp=cfg.privacy.dp, rounds=cfg.rounds,
+            task=self.task,
         )
 
     def make_algorithm(self) -> algorithms.Algorithm:
@@ -228,6 +235,14 @@ def _build_graph(cfg: ExperimentConfig, label_counts: Callable[[], np.ndarray]) 
     return graph
 
 
+def _label_counts(dataset: data.Dataset, parts: list[np.ndarray]) -> np.ndarray:
+    """Nodes × classes counts of training labels."""
+    if dataset.task != "classification":
+        raise ValueError(f"topology.kind builds the graph from label histograms, which data.dataset = "
+                         f"{dataset.name!r} ({dataset.task}) does not have; choose another topology.kind")
+    return np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
+
+
 def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Module, ParamLayout]:
     """Build the model and try it on two samples, so a model that does not fit the data
     (wrong options, images into an LSTM...) fails before any training."""
@@ -235,7 +250,8 @@ def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Modul
     with torch.random.fork_rng():   # seeded weights, and the caller's global generator left as it was
         torch.manual_seed(streams.seed_of(cfg.seed, Stream.INITIAL_MODEL))
         try:
-            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, dataset.cardinalities,
+                                 **cfg.model.options)
             layout = ParamLayout.of(model)
             with torch.no_grad():
                 out = model(torch.from_numpy(dataset.x_train[:2]))
@@ -245,7 +261,8 @@ def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Modul
                               f"{exc}") from None
     if tuple(out.shape) != (2, dataset.num_classes):
         raise ConfigError(f"model.name = {cfg.model.name!r} outputs shape {tuple(out.shape[1:])} per sample but "
-                          f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} classes")
+                          f"data.dataset = {cfg.data.dataset!r} has {dataset.num_classes} "
+                          f"{'classes' if dataset.task == 'classification' else 'outputs'}")
     return model, layout
 
 
@@ -254,7 +271,8 @@ def _check_model_fits_memory(cfg: ExperimentConfig, dataset: data.Dataset) -> No
     exceed this machine's memory, counted on the meta device before any weight is allocated."""
     try:
         with torch.device("meta"):
-            probe = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.options)
+            probe = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, dataset.cardinalities,
+                                 **cfg.model.options)
         size = sum(p.numel() for p in probe.parameters())
     except Exception:   # a model that cannot be built on the meta device is checked by the real build
         return

@@ -7,11 +7,11 @@ import resource
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from meshlearn.nodes import ParamLayout
+from meshlearn.tasks import TASKS, Task
 
 __all__ = ["evaluate_models", "consensus_distance", "describe"]
 
@@ -19,8 +19,9 @@ __all__ = ["evaluate_models", "consensus_distance", "describe"]
 @torch.no_grad()
 def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor, x: torch.Tensor,
                     y: torch.Tensor, *, batch_size: int = 1024, chunk_size: int = 16,
-                    batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test accuracy and mean cross-entropy of each row of ``params`` (B, P) on (x, y).
+                    batched: bool = True, task: Task = TASKS["classification"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's metric (accuracy for classification) and mean loss of each row of ``params``
+    (B, P) on (x, y).
 
     All models see the same test batch, so the batched path shares the input across nodes
     (``in_dims=(0, None)``): for linear layers that is one large matmul.
@@ -34,20 +35,20 @@ def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor,
 
     batched_forward = vmap(forward, in_dims=(0, None))
     num_models = params.shape[0]
-    correct = torch.zeros(num_models, dtype=torch.float64)
+    score_sum = torch.zeros(num_models, dtype=torch.float64)
     loss_sum = torch.zeros(num_models, dtype=torch.float64)
     for start in range(0, num_models, chunk_size):
         rows = params[start:start + chunk_size]
         for b in range(0, len(y), batch_size):
             xb, yb = x[b:b + batch_size], y[b:b + batch_size]
             if batched:
-                logits = batched_forward(layout.views(rows), xb)  # (c, batch, classes)
+                outputs = batched_forward(layout.views(rows), xb)  # (c, batch, outputs)
             else:
-                logits = torch.stack([forward(layout.views(row), xb) for row in rows])
-            loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(len(rows)), reduction="none")
-            loss_sum[start:start + len(rows)] += loss.view(len(rows), -1).sum(1).double()
-            correct[start:start + len(rows)] += (logits.argmax(-1) == yb).sum(1).double()
-    return (correct / len(y)).float(), (loss_sum / len(y)).float()
+                outputs = torch.stack([forward(layout.views(row), xb) for row in rows])
+            targets = yb.expand(len(rows), *yb.shape)
+            loss_sum[start:start + len(rows)] += task.losses(outputs, targets).sum(1).double()
+            score_sum[start:start + len(rows)] += task.scores(outputs, targets).sum(1)
+    return task.metric_of(score_sum / len(y)).float(), (loss_sum / len(y)).float()
 
 
 @torch.no_grad()

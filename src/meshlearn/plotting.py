@@ -20,7 +20,7 @@ from typing import Any
 import matplotlib
 
 from meshlearn.config import tomllib
-from meshlearn.results import read_jsonl
+from meshlearn.results import metric_of, read_jsonl
 
 # Rendering goes through ``Figure`` objects, never pyplot, so plots work on
 # headless machines.  Switching the backend after pyplot is imported would
@@ -341,13 +341,14 @@ def _seed_series(group: Group, x_key: str, y_key: str, nodes: tuple[str, str] | 
 
 def build_figure(
     runs: Sequence[Run],
-    metric: str = "test_acc_mean",
+    metric: str | None = None,
     x_axes: Sequence[str] | None = None,
     group: bool = True,
     log_x: Sequence[str] = (),
     node_band: bool = False,
 ) -> Figure:
-    """Draw ``metric`` against each x-axis, one panel per axis, one line per run or, with
+    """Draw ``metric`` (default: mean test accuracy, or RMSE for regression) against each
+    x-axis, one panel per axis, one line per run or, with
     ``group``, per set of runs that differ only in their seed: their mean and its 95 %
     t-interval (``seed_band``) as a band, or with ``node_band`` the seeds' mean of the
     min..max across nodes. A single run's band is the min..max across nodes.
@@ -364,6 +365,8 @@ def build_figure(
         x_axes = default_x_axes(runs)
     if not x_axes:
         raise ValueError("no x-axes to plot against")
+    if metric is None:   # the runs' mean test metric: accuracy, or RMSE for regression
+        metric = f"test_{metric_of(next((r for run in runs for r in run.rounds), {}))}_mean"
     metrics = available_metrics(runs)
     if metric not in metrics:
         avail = ", ".join(metrics) if metrics else "(none: no rounds recorded)"
@@ -450,7 +453,7 @@ def build_figure(
 def plot_runs(
     runs: Sequence[Run],
     out_path: str | Path,
-    metric: str = "test_acc_mean",
+    metric: str | None = None,
     x_axes: Sequence[str] | None = None,
     group: bool = True,
     log_x: Sequence[str] = (),

@@ -96,7 +96,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("topology", "topology.kind", "topology.options", "meshlearn.topology.generators:TOPOLOGIES",
            ("n", "seed", "label_counts"), None,
            "builds the communication graph (a networkx graph on nodes 0..n-1)"),
-    Family("model", "model.name", "model.options", "meshlearn.models:MODELS", ("input_shape", "num_classes"),
+    Family("model", "model.name", "model.options", "meshlearn.models:MODELS", ("input_shape", "num_classes", "cardinalities"),
            "torch.nn:Module", "the network every node trains"),
     Family("aggregator", "aggregation.name", "aggregation.options", "meshlearn.aggregation:AGGREGATORS",
            ("rounds",), "meshlearn.aggregation.base:Aggregator",

@@ -18,6 +18,7 @@ from typing import Any
 
 from meshlearn import plotting
 from meshlearn.plotting import Group, Run, group_runs, load_runs, seed_band
+from meshlearn.results import metric_of
 
 __all__ = ["find_runs", "build_report", "write_report"]
 
@@ -107,7 +108,8 @@ def _figure(svg: str, caption: str) -> str:
 
 def _curves(runs: Sequence[Run], groups: list[Group], h: str) -> str:
     metrics = plotting.available_metrics(runs)
-    chosen = [m for m in ("test_acc_mean", "test_loss_mean") if m in metrics] or metrics[:1]
+    first = next((r for run in runs for r in run.rounds), {})
+    chosen = [m for m in (f"test_{metric_of(first)}_mean", "test_loss_mean") if m in metrics] or metrics[:1]
     seeded = any(len(g.runs) > 1 for g in groups)
     parts = [f"<{h}>Learning curves</{h}>"]
     for metric in chosen:
@@ -169,18 +171,21 @@ def _table(header: Sequence[str], rows: list[list[str]], numeric_from: int = 1) 
 
 
 def _finals(groups: list[Group], h: str) -> str:
+    first = next((r for g in groups for run in g.runs for r in run.rounds), {})
+    m = metric_of(first)   # accuracy in %, or an error such as RMSE (its worst node has the largest)
+    scale, worst, unit = (100, "min", "accuracies in %") if m == "acc" else (1, "max", f"{m.upper()} as measured")
     rows = []
     for g in groups:
         mb = _values(g, "bytes_sent_per_node")
         rows.append([_e(g.label), str(len(g.runs)), _e(_status(g)),
-                     _span(_values(g, "round")), _with_ci(_values(g, "test_acc_mean"), 100),
-                     _with_ci(_values(g, "test_acc_min"), 100), _with_ci(_values(g, "avg_model_acc"), 100),
+                     _span(_values(g, "round")), _with_ci(_values(g, f"test_{m}_mean"), scale),
+                     _with_ci(_values(g, f"test_{m}_{worst}"), scale), _with_ci(_values(g, f"avg_model_{m}"), scale),
                      _with_ci(_values(g, "test_loss_mean"), digits=3),
                      f"{sum(mb) / len(mb) / 1e6:.1f}" if mb else "—"])
     return (f"<{h}>Final figures</{h}>\n<p>At each run's last evaluation: the mean over seeds ± the half-width of "
-            "its 95 % confidence interval (Student's t, seeds − 1 degrees of freedom); accuracies in %.</p>\n"
-            + _table(["group", "seeds", "status", "round", "test acc (mean over nodes)", "worst node's acc",
-                      "averaged model's acc", "test loss", "MB sent per node"], rows, numeric_from=3))
+            f"its 95 % confidence interval (Student's t, seeds − 1 degrees of freedom); {unit}.</p>\n"
+            + _table(["group", "seeds", "status", "round", f"test {m} (mean over nodes)", f"worst node's {m}",
+                      f"averaged model's {m}", "test loss", "MB sent per node"], rows, numeric_from=3))
 
 
 def _configs(groups: list[Group], h: str) -> str:

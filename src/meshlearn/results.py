@@ -152,6 +152,14 @@ class RunWriter:
         self._nodes.close()
 
 
+def metric_of(record: dict[str, Any]) -> str:
+    """The task metric a round record's keys are named by: ``"acc"`` (test_acc_mean, ...), or
+    ``"rmse"`` for regression (test_rmse_mean, ...)."""
+    from meshlearn.tasks import TASKS
+
+    return next((t.metric for t in TASKS.values() if f"test_{t.metric}_mean" in record), "acc")
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read JSON-object lines, skipping unparsable lines at the end.
 
@@ -207,8 +215,7 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-_ROW_KEYS = {"round", "node", "test_acc", "test_loss", "train_loss", "bytes_sent", "header_bytes", "local_acc",
-             "local_loss", "val_acc", "val_loss"}
+_ROW_KEYS = {"round", "node", "test_loss", "train_loss", "bytes_sent", "header_bytes", "local_loss", "val_loss"}
 
 
 def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
@@ -252,25 +259,32 @@ def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
                                else "incomplete",
                                "rounds_completed": min(s["rounds_completed"] for s in summaries),
                                "peak_rss_bytes_total": sum(s.get("peak_rss_bytes_total", 0) for s in summaries)}
+    from meshlearn.tasks import TASKS
+
+    # the task's metric names the rows' keys: test_acc, or test_rmse for regression
+    metric = next((t.metric for t in TASKS.values() for rows in rows_by_round.values() for r in rows
+                   if f"test_{t.metric}" in r), "acc")
+    metric_keys = {f"{kind}_{metric}" for kind in ("test", "val", "local")}
     try:
         for rnd in sorted(rows_by_round):
             rows = sorted(rows_by_round[rnd], key=lambda r: r["node"])
             col = lambda key, dtype: np.array([r.get(key, np.nan) for r in rows], dtype=dtype)
-            extra = sorted({k for r in rows for k in r} - _ROW_KEYS)
+            extra = sorted({k for r in rows for k in r} - _ROW_KEYS - metric_keys)
             nodes = col("node", np.int64)
-            tested = np.array(["test_acc" in r for r in rows], dtype=bool)
+            tested = np.array([f"test_{metric}" in r for r in rows], dtype=bool)
             report = RoundReport(rnd, nodes, col("train_loss", np.float64), col("bytes_sent", np.float64),
                                  col("header_bytes", np.float64), walls.get(rnd, 0.0),
-                                 evaluation=Evaluation(nodes[tested], col("test_acc", np.float64)[tested],
-                                                       col("test_loss", np.float64)[tested], samples),
+                                 evaluation=Evaluation(nodes[tested], col(f"test_{metric}", np.float64)[tested],
+                                                       col("test_loss", np.float64)[tested], samples, metric),
                                  node_metrics={k: col(k, np.float64) for k in extra})
-            if any("val_acc" in r for r in rows):   # evaluation.validation > 0
-                report.evaluation.val_acc = col("val_acc", np.float64)[tested]
+            if any(f"val_{metric}" in r for r in rows):   # evaluation.validation > 0
+                report.evaluation.val_acc = col(f"val_{metric}", np.float64)[tested]
                 report.evaluation.val_loss = col("val_loss", np.float64)[tested]
-            local = np.array(["local_acc" in r for r in rows], dtype=bool)
+            local = np.array([f"local_{metric}" in r for r in rows], dtype=bool)
             if local.any():   # evaluation.local_test > 0
                 ev = report.evaluation
-                ev.local_acc, ev.local_loss = col("local_acc", np.float64)[local], col("local_loss", np.float64)[local]
+                ev.local_acc = col(f"local_{metric}", np.float64)[local]
+                ev.local_loss = col("local_loss", np.float64)[local]
                 if not np.array_equal(local, tested):   # a server's model scored on its clients' sets
                     ev.local_nodes = nodes[local]
             record, node_rows = round_record(report)

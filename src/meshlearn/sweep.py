@@ -23,6 +23,7 @@ from typing import Any
 
 from meshlearn.config import ConfigError, load_config, tomllib
 from meshlearn.checkpoint import CHECKPOINT_DIR
+from meshlearn.results import metric_of
 
 __all__ = ["SweepRun", "plan_sweep", "run_sweep", "parse_values"]
 
@@ -126,7 +127,8 @@ def _entry(run: SweepRun) -> dict[str, Any]:
         final = json.loads((run.out / "summary.json").read_text()).get("final") or {}
     except (OSError, ValueError):
         final = {}
-    entry.update({k: final.get(k) for k in ("round", "test_acc_mean", "test_loss_mean", "bytes_sent_per_node")})
+    entry.update({k: final.get(k) for k in ("round", f"test_{metric_of(final)}_mean", "test_loss_mean",
+                                            "bytes_sent_per_node")})
     return entry
 
 

@@ -23,7 +23,6 @@ from typing import Annotated
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -32,6 +31,7 @@ from meshlearn import plugins, streams
 from meshlearn.config import DPConfig, TrainingConfig
 from meshlearn.nodes import NodeBatch, ParamLayout
 from meshlearn.streams import Stream
+from meshlearn.tasks import TASKS, Task
 
 __all__ = ["BatchSampler", "Optimizer", "SGD", "Adam", "OPTIMIZERS", "LocalTrainer", "default_batching", "local_steps",
            "DEFAULT_SAMPLER"]
@@ -211,8 +211,9 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, layout: ParamLayout, cfg: TrainingConfig,
                  x_train: torch.Tensor, y_train: torch.Tensor, parts: dict[int, np.ndarray],
                  seed: int, batching: str = "vmap", chunk_size: int = 16,
-                 dp: DPConfig | None = None, rounds: int = 1):
+                 dp: DPConfig | None = None, rounds: int = 1, task: Task = TASKS["classification"]):
         self.model = model.to("meta")  # structure only: weights come from the stacked rows
+        self.task = task
         self.layout = layout
         self.cfg = cfg
         self.x_train, self.y_train = x_train, y_train
@@ -245,7 +246,7 @@ class LocalTrainer:
 
     def _sample_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of one sample (DP needs each sample's own gradient)."""
-        return F.cross_entropy(self._forward(params, x.unsqueeze(0)), y.unsqueeze(0))
+        return self.task.losses(self._forward(params, x.unsqueeze(0)), y.unsqueeze(0)).mean()
 
     @property
     def dp_sigma(self) -> dict[int, float]:
@@ -372,8 +373,7 @@ class LocalTrainer:
             grads, losses = self._batched_sample_grads(self.layout.views(params), x, y)
             return self._private_step(params, state, grads, losses, ids, index, active)
         leaves = {k: v.detach().requires_grad_() for k, v in self.layout.views(params).items()}
-        logits = self._batched_forward(leaves, x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+        loss = self.task.losses(self._batched_forward(leaves, x), y).mean(1)
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         self._update(params, list(grads), state, active, anchor)
         return loss.detach()
@@ -386,7 +386,7 @@ class LocalTrainer:
             return self._private_step(row, state, {k: g.unsqueeze(0) for k, g in grads.items()},
                                       losses.unsqueeze(0), ids, index)[0]
         leaves = {k: v[0].detach().requires_grad_() for k, v in self.layout.views(row).items()}
-        loss = F.cross_entropy(self._forward(leaves, x), y)
+        loss = self.task.losses(self._forward(leaves, x), y).mean()
         grads = torch.autograd.grad(loss, list(leaves.values()))
         self._update(row, [g.unsqueeze(0) for g in grads], state, None, anchor)
         return loss.detach()

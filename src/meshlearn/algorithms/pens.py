@@ -22,7 +22,6 @@ from typing import Annotated
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch.func import functional_call, vmap
 
@@ -68,7 +67,8 @@ class PENS(Algorithm):
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.layout = experiment.layout
         self.x = torch.from_numpy(experiment.dataset.x_train)
-        self.y = torch.from_numpy(experiment.dataset.y_train).long()
+        self.y = torch.from_numpy(experiment.dataset.y_train)
+        self.task = experiment.task
         probes = []   # `probe` samples per node: a shuffle of its own, repeated if it has fewer
         for node in nodes.ids.tolist():
             part = experiment.parts[node]
@@ -80,7 +80,7 @@ class PENS(Algorithm):
         self._losses = vmap(self._loss)
 
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(self.model, params, (x,)), y)
+        return self.task.losses(functional_call(self.model, params, (x,)), y).mean()
 
     @torch.no_grad()
     def scores(self, rows: torch.Tensor, models: torch.Tensor) -> torch.Tensor:

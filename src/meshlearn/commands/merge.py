@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
 def merge_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from meshlearn.results import merge_runs
+    from meshlearn.results import merge_runs, metric_of
 
     try:
         summary = merge_runs(args.parts, args.out)
@@ -27,6 +27,7 @@ def merge_command(args: argparse.Namespace) -> int:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     final = summary.get("final", {})
+    metric = metric_of(final)
     print(f"merged {len(args.parts)} parts → {args.out}: {summary['rounds_completed']} rounds, "
-          f"final test accuracy {final.get('test_acc_mean')}, status {summary['status']}")
+          f"final test_{metric}_mean {final.get(f'test_{metric}_mean')}, status {summary['status']}")
     return 0

@@ -59,9 +59,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--metric",
-        default="test_acc_mean",
-        help="numeric key of rounds.jsonl to plot on the y-axis "
-        "(default: %(default)s; an unknown key lists the available ones)",
+        default=None,
+        help="numeric key of rounds.jsonl to plot on the y-axis (default: test_acc_mean, or "
+        "test_rmse_mean for regression; an unknown key lists the available ones)",
     )
     parser.add_argument(
         "--x",

@@ -85,7 +85,7 @@ def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple
 
     from meshlearn.callbacks import LoggerError
     from meshlearn.config import ConfigError
-    from meshlearn.results import RunDirError
+    from meshlearn.results import RunDirError, metric_of
     from meshlearn.runner import run_experiment
 
     err = Console(stderr=True)
@@ -106,10 +106,11 @@ def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple
             task = progress.add_task("rounds", total=cfg.rounds, status="")
 
             def on_round(rnd, record):
-                status = f"acc {record['test_acc_mean']:.3f}" if record else None
+                metric = metric_of(record) if record else ""
+                status = f"{metric} {_fmt(record[f'test_{metric}_mean'], '.3f')}" if record else None
                 progress.update(task, advance=1, **({"status": status} if status else {}))
                 if record and progress.disable:
-                    console.print(f"round {rnd}: test acc {record['test_acc_mean']:.4f}")
+                    console.print(f"round {rnd}: test {metric} {_fmt(record[f'test_{metric}_mean'], '.4f')}")
 
             summary = run_experiment(cfg, out, on_round=on_round, callbacks=callbacks, overwrite=overwrite,
                                      resume=resume, **engine_options)
@@ -143,15 +144,19 @@ def execute(cfg, out: Path, *, no_progress: bool = False, log: list[str] | tuple
 
 
 def summary_table(summary: dict) -> Table:
+    from meshlearn.results import metric_of
+
     final = summary.get("final", {})
+    m = metric_of(final)
+    name = "accuracy" if m == "acc" else m.upper()
     table = Table(title=f"{summary['name']} ({summary['status']})", show_header=False)
     rows = [
         ("rounds", f"{summary['rounds_completed']}/{summary['rounds']}"),
         ("nodes / parameters", f"{summary['nodes']} / {summary['parameters']:,}"),
-        ("test accuracy (mean over nodes)", _fmt(final.get("test_acc_mean"), ".4f")),
-        ("test accuracy min / max", f"{_fmt(final.get('test_acc_min'), '.4f')} / "
-                                    f"{_fmt(final.get('test_acc_max'), '.4f')}"),
-        ("averaged-model accuracy", _fmt(final.get("avg_model_acc"), ".4f")),
+        (f"test {name} (mean over nodes)", _fmt(final.get(f"test_{m}_mean"), ".4f")),
+        (f"test {name} min / max", f"{_fmt(final.get(f'test_{m}_min'), '.4f')} / "
+                                   f"{_fmt(final.get(f'test_{m}_max'), '.4f')}"),
+        (f"averaged-model {name}", _fmt(final.get(f"avg_model_{m}"), ".4f")),
         # None where one launcher sees only its share of the nodes (multi-machine runs)
         ("consensus distance", _fmt(final.get("consensus_distance"), ".3g")),
         ("bytes sent per node", f"{summary['bytes_sent_per_node'] / 1e6:.2f} MB"),

@@ -21,18 +21,24 @@ class Dataset:
 
     name: str
     x_train: np.ndarray  # float32 (N, C, H, W) in [0, 1] for images; int64 token ids (N, L) for text
-    y_train: np.ndarray  # int64 (N,)
+    y_train: np.ndarray  # int64 (N,) class labels; float32 targets for regression
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
     users_train: np.ndarray | None = None  # int64 (N,): LEAF user index of each training sample
     user_names: list[str] | None = None
+    task: str = "classification"   # a name in meshlearn.tasks.TASKS: regression targets are float32
+    cardinalities: tuple[int, ...] | None = None  # index inputs: how many values each column takes
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):
             raise ValueError(f"{self.name}: {len(self.x_train)} training inputs but {len(self.y_train)} labels")
         if len(self.x_test) != len(self.y_test):
             raise ValueError(f"{self.name}: {len(self.x_test)} test inputs but {len(self.y_test)} labels")
+        from meshlearn.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: task = {self.task!r}; use one of {', '.join(TASKS)}")
         if self.users_train is not None and len(self.users_train) != len(self.y_train):
             raise ValueError(f"{self.name}: users_train has {len(self.users_train)} entries, expected {len(self.y_train)}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cifar, idx, leaf
+from . import cifar, idx, leaf, movielens
 from .base import Dataset, Loader
 
 __all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits", "load_synthetic"]
@@ -131,5 +131,7 @@ DATASETS.update(
                                "LEAF Sent140 JSON, 2 classes"),
         "leaf-reddit": Loader(leaf.load_reddit, lambda root=None: leaf.check_leaf("reddit", root),
                               "LEAF Reddit JSON, next word over a vocabulary built from the training tokens"),
+        "movielens": Loader(movielens.load_movielens, movielens.check_movielens,
+                            "MovieLens ratings.csv (ml-latest-small format), ratings to predict (regression)"),
     }
 )

@@ -99,12 +99,15 @@ def dirichlet(
 
 def natural(
     labels: np.ndarray, num_nodes: int, rng: np.random.Generator, *, users: np.ndarray | None = None,
+    ranges: bool = False,
 ) -> list[np.ndarray]:
-    """One LEAF user (writer, speaker, account) per node: the federated split the data came with."""
+    """One user (writer, speaker, account, rater) per node: the federated split the data came
+    with. ``ranges = true``: every user, in contiguous ranges of users of about equal size, one
+    range per node."""
     if users is None:
         raise ValueError(
-            "data.partition = 'natural' needs per-sample users, which only LEAF data sets provide "
-            "(data.dataset = 'leaf-...'); choose another data.partition for this data set"
+            "data.partition = 'natural' needs per-sample users, which LEAF data sets and MovieLens provide "
+            "(data.dataset = 'leaf-...' or 'movielens'); choose another data.partition for this data set"
         )
     users = np.asarray(users)
     if users.shape != labels.shape:
@@ -115,6 +118,8 @@ def natural(
             f"data.partition = 'natural': {num_nodes} nodes but the data has only {len(ids)} users; "
             "lower `nodes` to at most the number of users or choose another data.partition"
         )
+    if ranges:
+        return [np.flatnonzero(np.isin(users, group)) for group in np.array_split(ids, num_nodes)]
     return [np.flatnonzero(users == u) for u in ids[:num_nodes]]
 
 

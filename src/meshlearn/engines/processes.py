@@ -410,7 +410,7 @@ class ProcessesEngine:
             ev = Evaluation(np.concatenate([np.asarray(e["nodes"], dtype=np.int64) for e in evs]),
                             np.concatenate([np.asarray(e["acc"], dtype=np.float32) for e in evs]),
                             np.concatenate([np.asarray(e["loss"], dtype=np.float32) for e in evs]),
-                            evs[0]["samples"])
+                            evs[0]["samples"], metric=self.experiment.task.metric)
             order = np.argsort(ev.nodes)
             ev.nodes, ev.acc, ev.loss = ev.nodes[order], ev.acc[order], ev.loss[order]
             if "val_acc" in evs[0]:

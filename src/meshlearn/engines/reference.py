@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from meshlearn.experiment import Experiment
@@ -52,7 +51,7 @@ class ReferenceDPSGD:
                 local_steps(self.cfg, len(self.experiment.parts[node]))):
             idx = torch.from_numpy(batch)
             opt.zero_grad()
-            F.cross_entropy(model(self.x[idx]), self.y[idx]).backward()
+            self.experiment.task.losses(model(self.x[idx]), self.y[idx]).mean().backward()
             opt.step()
 
     def run_round(self, rnd: int) -> None:

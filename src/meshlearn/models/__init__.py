@@ -20,6 +20,7 @@ __all__ = [
     "FEMNISTCNN",
     "CharLSTM",
     "ResNet",
+    "MatrixFactorization",
     "MODELS",
     "build",
     "num_parameters",
@@ -181,6 +182,33 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x)).mean(dim=(2, 3)))
 
 
+class MatrixFactorization(nn.Module):
+    """Ratings as user · item factors plus user, item and global biases, from (user, item) index
+    pairs: the MovieLens model. Its tables are sized by the data set's ``cardinalities``."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                 cardinalities: tuple[int, ...] | None = None, dim: int = 20):
+        super().__init__()
+        if cardinalities is None or len(cardinalities) != 2 or tuple(input_shape) != (2,) or num_classes != 1:
+            raise ValueError("matrix_factorization rates (user, item) index pairs and needs their counts: use it "
+                             "with a rating data set such as data.dataset = 'movielens'")
+        if dim < 1:
+            raise ValueError(f"model.options.dim = {dim} must be at least 1")
+        users, items = cardinalities
+        self.user, self.item = nn.Embedding(users, dim), nn.Embedding(items, dim)
+        self.user_bias, self.item_bias = nn.Embedding(users, 1), nn.Embedding(items, 1)
+        self.bias = nn.Parameter(torch.zeros(1))
+        for table in (self.user, self.item):
+            nn.init.normal_(table.weight, std=0.1)
+        for table in (self.user_bias, self.item_bias):
+            nn.init.zeros_(table.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        user, item = x[..., 0], x[..., 1]
+        return ((self.user(user) * self.item(item)).sum(-1, keepdim=True) + self.user_bias(user)
+                + self.item_bias(item) + self.bias)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "logreg": LogisticRegression,
     "mlp": MLP,
@@ -188,17 +216,21 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "femnist_cnn": FEMNISTCNN,
     "char_lstm": CharLSTM,
     "resnet": ResNet,
+    "matrix_factorization": MatrixFactorization,
 }
 
 
-def build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+def build(name: str, input_shape: tuple[int, ...], num_classes: int,
+          cardinalities: tuple[int, ...] | None = None, **kwargs) -> nn.Module:
     """Instantiate a registered model or ``"pkg.module:Class"`` / ``"file.py:Class"``: a
     ``torch.nn.Module`` whose ``__init__`` takes ``input_shape`` and ``num_classes`` (by these
-    names) and its options as keyword arguments. Class attributes ``batching`` ("vmap" or
+    names; ``cardinalities`` too if it asks: the number of values of each index column of a
+    data set such as MovieLens's users and items) and its options as keyword arguments. Class attributes ``batching`` ("vmap" or
     "loop") and ``chunk_size`` choose how the simulator trains it (``training.default_batching``)."""
     from meshlearn import plugins
 
-    return plugins.build("model", name, kwargs, input_shape=tuple(input_shape), num_classes=num_classes)
+    return plugins.build("model", name, kwargs, input_shape=tuple(input_shape), num_classes=num_classes,
+                         cardinalities=cardinalities)
 
 
 def num_parameters(model: nn.Module) -> int:

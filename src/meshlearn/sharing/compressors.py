@@ -258,8 +258,8 @@ class Fpzip(Compressor):
     name = "fpzip"
 
     def __init__(self, precision: Annotated[int, Field(ge=2, le=32, description=(
-                     "leading bits kept of each float32 (sign, exponent, mantissa): 32 is lossless, "
-                     "16 about 4 significant digits"))] = 16, seed: int = 0):
+                     "leading bits kept of each float32 (sign, 8 exponent bits, then mantissa): 32 is "
+                     "lossless, 16 keeps 7 mantissa bits as bfloat16 does, 12 keeps 3"))] = 16, seed: int = 0):
         super().__init__(seed)
         if not 2 <= precision <= 32:
             raise ValueError(f"precision = {precision} must be in [2, 32]")

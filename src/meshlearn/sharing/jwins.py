@@ -26,7 +26,7 @@ from pydantic import Field
 from meshlearn import streams
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing.base import Inbox, PartialSharing, Payload, partial_average
-from meshlearn.sharing.compressors import TopK, top_indices
+from meshlearn.sharing.compressors import Support, TopK, top_indices
 from meshlearn.streams import Stream
 from meshlearn.wire import MessageError
 
@@ -48,7 +48,7 @@ class JWINSSharing(PartialSharing):
                  error_feedback: Annotated[bool, Field(
                      description="measure a coefficient's change from the value last sent (accumulate the rest)")
                  ] = False,
-                 seed: int = 0):
+                 support: Support = "smaller", seed: int = 0):
         super().__init__(seed)
         import pywt
 
@@ -62,7 +62,7 @@ class JWINSSharing(PartialSharing):
         if level < 0:
             raise ValueError(f"level = {level} must be ≥ 0")
         self.fractions, self.transform, self.wavelet, self.level = tuple(fractions), transform, wavelet, level
-        self.error_feedback = error_feedback
+        self.error_feedback, self.support = error_feedback, support
         self.size = 0
         self.lengths: list[int] = []                  # wavelet coefficient arrays, coarsest first
         self.sparsifiers: dict[float, TopK] = {}
@@ -79,7 +79,7 @@ class JWINSSharing(PartialSharing):
                                                              level=self.level, axis=1)]
         coefficients = self.forward(nodes.params)
         for fraction in self.fractions:
-            self.sparsifiers[fraction] = TopK(fraction, seed=self.seed)
+            self.sparsifiers[fraction] = TopK(fraction, self.support, self.seed)
             self.sparsifiers[fraction].setup(coefficients.shape[1])
         nodes.state["jwins_reference"] = coefficients
 
