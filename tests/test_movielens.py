@@ -116,3 +116,10 @@ def test_processes_match_sim_on_ratings(tmp_path):
 def test_overlays_built_from_label_histograms_refuse_ratings(tmp_path):
     with pytest.raises(ConfigError, match="label histograms, which data.dataset = 'movielens' \\(regression\\)"):
         Experiment.build(movielens_config(write_ratings(tmp_path), topology={"kind": "knn", "options": {"degree": 3}}))
+
+
+def test_attacks_that_poison_class_labels_refuse_ratings(tmp_path):
+    root = write_ratings(tmp_path)
+    with pytest.raises(ConfigError, match="label_flip' poisons class labels"):
+        Experiment.build(movielens_config(root, byzantine={"count": 1, "attack": "label_flip"}))
+    Experiment.build(movielens_config(root, byzantine={"count": 1, "attack": "sign_flip"}))   # on messages: fine

@@ -10,7 +10,7 @@ and travels raw when no stage takes it or the result would not be strictly short
   2006) at the fewest bits of precision that still hold every value exactly, so it is lossless
   on any frame, and as small as fpzip's lossy mode on values already rounded to that precision
   (the ``fpzip`` compressor rounds them);
-- ``elias-fpzip`` is both (the reference framework's ``EliasFpzip``).
+- ``elias-fpzip`` is both (DecentralizePy's ``EliasFpzip``).
 
 Decoders produce exactly the declared number of bytes and check everything a hostile frame
 could lie about before any native code sees it: fpzip's header (type and dimensions) is read
@@ -40,7 +40,7 @@ _FLOATS = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 
 
 class CodecError(ValueError):
-    """Why a compressed frame was rejected (the wire reports it as a CodecError)."""
+    """Why a compressed frame was rejected (the wire reports it as a MessageError)."""
 
 
 class _Stage(NamedTuple):

@@ -88,6 +88,13 @@ class Experiment:
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         model, layout = _build_model(cfg, dataset)
+        if cfg.byzantine is not None and dataset.task != "classification":
+            from meshlearn.byzantine.attacks import Attack
+
+            if plugins.resolve("attack", cfg.byzantine.attack).labels is not Attack.labels:
+                raise ConfigError(f"byzantine.attack = {cfg.byzantine.attack!r} poisons class labels, which "
+                                  f"data.dataset = {cfg.data.dataset!r} ({dataset.task}) does not have; "
+                                  "choose an attack on the messages")
         batching, chunk = default_batching(model)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
