@@ -12,7 +12,6 @@ import struct
 import sys
 
 import fpzip
-import numpy as np
 
 REQUEST = struct.Struct("<BQQ")
 

@@ -124,9 +124,7 @@ class Experiment:
         with torch.random.fork_rng():  # leave the global generator as it was
             for node in node_ids:
                 torch.manual_seed(streams.seed_of(self.config.seed, Stream.INITIAL_MODEL, node))
-                rows.append(self.layout.flatten(models.build(self.config.model.name, self.dataset.input_shape,
-                                                             self.dataset.num_classes, self.dataset.cardinalities,
-                                                             **self.config.model.options)))
+                rows.append(self.layout.flatten(_new_model(self.config, self.dataset)))
         return torch.stack(rows)
 
     def honest(self, node_ids) -> np.ndarray:
@@ -250,6 +248,12 @@ def _label_counts(dataset: data.Dataset, parts: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
 
 
+def _new_model(cfg: ExperimentConfig, dataset: data.Dataset) -> nn.Module:
+    """The configured model, sized for the data set (weights from the global generator)."""
+    return models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, dataset.cardinalities,
+                        **cfg.model.options)
+
+
 def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Module, ParamLayout]:
     """Build the model and try it on two samples, so a model that does not fit the data
     (wrong options, images into an LSTM...) fails before any training."""
@@ -257,8 +261,7 @@ def _build_model(cfg: ExperimentConfig, dataset: data.Dataset) -> tuple[nn.Modul
     with torch.random.fork_rng():   # seeded weights, and the caller's global generator left as it was
         torch.manual_seed(streams.seed_of(cfg.seed, Stream.INITIAL_MODEL))
         try:
-            model = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, dataset.cardinalities,
-                                 **cfg.model.options)
+            model = _new_model(cfg, dataset)
             layout = ParamLayout.of(model)
             with torch.no_grad():
                 out = model(torch.from_numpy(dataset.x_train[:2]))
@@ -278,8 +281,7 @@ def _check_model_fits_memory(cfg: ExperimentConfig, dataset: data.Dataset) -> No
     exceed this machine's memory, counted on the meta device before any weight is allocated."""
     try:
         with torch.device("meta"):
-            probe = models.build(cfg.model.name, dataset.input_shape, dataset.num_classes, dataset.cardinalities,
-                                 **cfg.model.options)
+            probe = _new_model(cfg, dataset)
         size = sum(p.numel() for p in probe.parameters())
     except Exception:   # a model that cannot be built on the meta device is checked by the real build
         return

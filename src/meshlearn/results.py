@@ -153,11 +153,12 @@ class RunWriter:
 
 
 def metric_of(record: dict[str, Any]) -> str:
-    """The task metric a round record's keys are named by: ``"acc"`` (test_acc_mean, ...), or
-    ``"rmse"`` for regression (test_rmse_mean, ...)."""
+    """The task metric a round record's or node row's keys are named by: ``"acc"``
+    (test_acc_mean, test_acc...), or ``"rmse"`` for regression (test_rmse_mean, test_rmse...)."""
     from meshlearn.tasks import TASKS
 
-    return next((t.metric for t in TASKS.values() if f"test_{t.metric}_mean" in record), "acc")
+    return next((t.metric for t in TASKS.values() for key in record
+                 if key == f"test_{t.metric}" or key.startswith(f"test_{t.metric}_")), "acc")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -259,11 +260,7 @@ def merge_runs(parts: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
                                else "incomplete",
                                "rounds_completed": min(s["rounds_completed"] for s in summaries),
                                "peak_rss_bytes_total": sum(s.get("peak_rss_bytes_total", 0) for s in summaries)}
-    from meshlearn.tasks import TASKS
-
-    # the task's metric names the rows' keys: test_acc, or test_rmse for regression
-    metric = next((t.metric for t in TASKS.values() for rows in rows_by_round.values() for r in rows
-                   if f"test_{t.metric}" in r), "acc")
+    metric = metric_of({key: None for rows in rows_by_round.values() for r in rows for key in r})
     metric_keys = {f"{kind}_{metric}" for kind in ("test", "val", "local")}
     try:
         for rnd in sorted(rows_by_round):
