@@ -258,8 +258,6 @@ class _FpzipReader:
     """fpzip's reader in a process of its own (``_fpzip_child.py``), started on first use and
     again after a frame kills it; one per process and thread-safe."""
 
-    REQUEST = struct.Struct("<BQQ")
-
     def __init__(self):
         self.lock = threading.Lock()
         self.proc: subprocess.Popen | None = None
@@ -282,7 +280,9 @@ class _FpzipReader:
         with self.lock:
             proc = self._start()
             try:
-                proc.stdin.write(self.REQUEST.pack(double, count, view.nbytes))
+                from meshlearn._fpzip_child import REQUEST   # the one definition of the requests
+
+                proc.stdin.write(REQUEST.pack(double, count, view.nbytes))
                 proc.stdin.write(view)
                 proc.stdin.flush()
                 if self._read(1) == b"\0":

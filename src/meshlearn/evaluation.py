@@ -236,10 +236,9 @@ def round_record(report: RoundReport) -> tuple[dict[str, Any], list[dict[str, An
 
 def _worst(metric: str):
     """argmin for accuracy, argmax for an error such as RMSE."""
-    from meshlearn.tasks import TASKS
+    from meshlearn.tasks import by_metric
 
-    better_high = next((t.higher_is_better for t in TASKS.values() if t.metric == metric), True)
-    return np.argmin if better_high else np.argmax
+    return np.argmin if by_metric(metric).higher_is_better else np.argmax
 
 
 def _local_figures(ev: Evaluation) -> dict[str, Any]:

@@ -38,6 +38,7 @@ __all__ = [
     "group_runs",
     "seed_band",
     "settings",
+    "task_metric",
     "X_AXIS_ALIASES",
     "available_metrics",
     "band_keys",
@@ -159,6 +160,12 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
             label += f" ({len(members)} seeds)"
         out.append(Group(label, members))
     return out
+
+
+def task_metric(runs: Sequence[Run]) -> str:
+    """The metric the runs' records name (``"acc"``, or ``"rmse"`` for regression), from the
+    first record."""
+    return metric_of(next((r for run in runs for r in run.rounds), {}))
 
 
 def settings(run: Run) -> dict[str, Any]:
@@ -366,7 +373,7 @@ def build_figure(
     if not x_axes:
         raise ValueError("no x-axes to plot against")
     if metric is None:   # the runs' mean test metric: accuracy, or RMSE for regression
-        metric = f"test_{metric_of(next((r for run in runs for r in run.rounds), {}))}_mean"
+        metric = f"test_{task_metric(runs)}_mean"
     metrics = available_metrics(runs)
     if metric not in metrics:
         avail = ", ".join(metrics) if metrics else "(none: no rounds recorded)"

@@ -18,7 +18,7 @@ from typing import Any
 
 from meshlearn import plotting
 from meshlearn.plotting import Group, Run, group_runs, load_runs, seed_band
-from meshlearn.results import metric_of
+from meshlearn.tasks import by_metric
 
 __all__ = ["find_runs", "build_report", "write_report"]
 
@@ -108,8 +108,7 @@ def _figure(svg: str, caption: str) -> str:
 
 def _curves(runs: Sequence[Run], groups: list[Group], h: str) -> str:
     metrics = plotting.available_metrics(runs)
-    first = next((r for run in runs for r in run.rounds), {})
-    chosen = [m for m in (f"test_{metric_of(first)}_mean", "test_loss_mean") if m in metrics] or metrics[:1]
+    chosen = [m for m in (f"test_{plotting.task_metric(runs)}_mean", "test_loss_mean") if m in metrics] or metrics[:1]
     seeded = any(len(g.runs) > 1 for g in groups)
     parts = [f"<{h}>Learning curves</{h}>"]
     for metric in chosen:
@@ -171,9 +170,9 @@ def _table(header: Sequence[str], rows: list[list[str]], numeric_from: int = 1) 
 
 
 def _finals(groups: list[Group], h: str) -> str:
-    first = next((r for g in groups for run in g.runs for r in run.rounds), {})
-    m = metric_of(first)   # accuracy in %, or an error such as RMSE (its worst node has the largest)
-    scale, worst, unit = (100, "min", "accuracies in %") if m == "acc" else (1, "max", f"{m.upper()} as measured")
+    m = plotting.task_metric([run for g in groups for run in g.runs])
+    worst = "min" if by_metric(m).higher_is_better else "max"   # an error's worst node has the largest
+    scale, unit = (100, "accuracies in %") if m == "acc" else (1, f"{m.upper()} as measured")
     rows = []
     for g in groups:
         mb = _values(g, "bytes_sent_per_node")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Task", "Classification", "Regression", "TASKS"]
+__all__ = ["Task", "Classification", "Regression", "TASKS", "by_metric"]
 
 
 class Task:
@@ -60,3 +60,8 @@ class Regression(Task):
 
 
 TASKS: dict[str, Task] = {"classification": Classification(), "regression": Regression()}
+
+
+def by_metric(metric: str) -> Task:
+    """The task whose records name their metric ``metric`` (classification for an unknown one)."""
+    return next((t for t in TASKS.values() if t.metric == metric), TASKS["classification"])
