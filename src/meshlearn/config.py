@@ -77,7 +77,7 @@ def _move_legacy(section: type[BaseModel], raw: Any, keys: tuple[str, ...], fami
     return raw
 
 
-_GENERATED_ELSEWHERE = ("file", "epidemic")   # topology kinds that are not graph generators
+_GENERATED_ELSEWHERE = ("file", "epidemic", "peer_sampling")   # topology kinds that are not graph generators
 
 
 def _resolve_module(section: BaseModel, family_name: str, name_field: str, options_field: str) -> None:
@@ -142,13 +142,15 @@ class DataConfig(_Section):
 class GraphConfig(_Section):
     """One communication graph: a generator (``kind``) and its ``options``, or a file, and the weights."""
 
-    kind: str = Field("regular", description="built-in generator name, import path, 'file' or 'epidemic'")
+    kind: str = Field("regular", description="built-in generator name, import path, 'file', 'epidemic' or "
+                      "'peer_sampling'")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the generator")
     path: str | None = Field(None, description="edge-list or adjacency-list file (kind = 'file')")
     weights: Literal["metropolis_hastings", "uniform", "max_degree"] = Field(
         "metropolis_hastings", description="gossip mixing weights of the graph's links")
     dynamic: bool = Field(False, description="re-draw the (random) graph every round from (seed, round)")
-    peers: int | None = Field(None, ge=1, description="kind = 'epidemic': nodes each node pushes to per round")
+    peers: int | None = Field(None, ge=1, description="kind = 'epidemic' or 'peer_sampling': nodes each node "
+                              "pushes to per round")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +159,12 @@ class GraphConfig(_Section):
 
     @model_validator(mode="after")
     def _check_options(self) -> "GraphConfig":
+        if self.kind == "peer_sampling":   # the options of the protocol (its view size...)
+            from meshlearn.topology.peer_sampling import PeerSampling
+
+            object.__setattr__(self, "options", plugins.check_options(
+                "topology", self.kind, self.options, "topology.options", obj=PeerSampling))
+            return self
         if self.kind in _GENERATED_ELSEWHERE:
             if self.options:
                 raise ValueError(f"topology.options apply to graph generators, not kind = {self.kind!r}; remove "
@@ -169,10 +177,20 @@ class GraphConfig(_Section):
         """Reject impossible settings, naming the key."""
         from meshlearn import topology
 
-        if self.kind == "epidemic":
+        if self.kind in ("epidemic", "peer_sampling"):
             if self.peers is None or not 1 <= self.peers < nodes:
-                raise ValueError(f"{where}.kind = 'epidemic' needs {where}.peers in 1..nodes-1 "
+                raise ValueError(f"{where}.kind = {self.kind!r} needs {where}.peers in 1..nodes-1 "
                                  f"(nodes each node pushes its model to per round), got {self.peers}")
+        if self.kind == "peer_sampling":
+            from meshlearn.topology.peer_sampling import PeerSampling
+
+            if where != "topology":
+                raise ValueError(f"{where}.kind = 'peer_sampling' keeps views from round 1 on: use it as "
+                                 "topology.kind, not in a later phase")
+            PeerSampling(nodes, 0, **self.options)   # checks the view size against the nodes
+            if self.peers > self.options["view_size"]:
+                raise ValueError(f"{where}.peers = {self.peers} is more than a view holds "
+                                 f"(topology.options.view_size = {self.options['view_size']}); lower it")
         elif self.kind == "file":
             if self.dynamic:
                 raise ValueError(f"{where}.dynamic = true needs a random generator, not a file; "
@@ -187,8 +205,8 @@ class GraphConfig(_Section):
                 topology.check_params(self.kind, nodes, **self.options)
             except ValueError as exc:
                 raise ValueError(str(exc).replace("topology.", f"{where}.")) from None
-        if self.peers is not None and self.kind != "epidemic":
-            raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic'; remove it")
+        if self.peers is not None and self.kind not in ("epidemic", "peer_sampling"):
+            raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic' or 'peer_sampling'; remove it")
 
 
 class TopologyPhase(GraphConfig):
@@ -203,8 +221,8 @@ class TopologyConfig(GraphConfig):
 
     @property
     def static(self) -> bool:
-        """Every round uses the same graph (no schedule, re-drawing, final average or epidemic pushes)."""
-        return not (self.schedule or self.dynamic or self.final_average or self.kind == "epidemic")
+        """Every round uses the same graph (no schedule, re-drawing, final average or pushes)."""
+        return not (self.schedule or self.dynamic or self.final_average or self.kind in ("epidemic", "peer_sampling"))
 
 
 class ModelConfig(_Module):

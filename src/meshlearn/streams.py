@@ -51,6 +51,7 @@ class Stream(IntEnum):
     AVAILABILITY = 20     # who is online: per round (bernoulli), or a node's on/off spells (sessions)
     JWINS_BUDGET = 21     # the share of coefficients JWINS sends in a round
     VALIDATION = 22       # the samples held out as a validation set (a node's, or the test set's)
+    PEER_SAMPLING = 23    # a node's peer-sampling view: its first contacts (round 0), its shuffles
     USER = 1000           # first number free for plug-ins: user(k) = USER + k
 
 

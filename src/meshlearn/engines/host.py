@@ -149,10 +149,18 @@ class NodeHost:
         self.trainer.load_state_dict(state["trainer"])
         self.algorithm.load_state_dict(state["algorithm"])
 
+    def peer_views(self):
+        """The peer-sampling views (``topology.kind = 'peer_sampling'``) this host keeps, if any."""
+        return None
+
     def node_metrics(self) -> dict[str, np.ndarray]:
-        """Per-node figures of a round report: the counters, the privacy spent (DP), and the
-        sharing scheme's own counters."""
+        """Per-node figures of a round report: the counters, the privacy spent (DP), the bytes
+        of peer sampling, and the sharing scheme's own counters."""
         out = {name: values.copy() for name, values in self.counters.items()}
+        if self.experiment.config.topology.kind == "peer_sampling":
+            views = self.peer_views()
+            out["view_bytes"] = views.sent_bytes[self.local_ids] if views is not None else np.zeros(
+                len(self.local_ids), dtype=np.int64)
         if self.experiment.config.privacy.dp is not None:
             out["epsilon"] = self.trainer.epsilon(self.local_ids)
         out.update(self.algorithm.sharing.node_metrics(self.local_ids))

@@ -127,7 +127,8 @@ class ProcessesEngine:
         self.requested: int | None = None          # the round after which the workers were asked for theirs
         self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
             + (SECAGG_METRICS if cfg.privacy.secagg is not None else ()) \
-            + (AVAILABILITY_METRICS if cfg.availability.enabled else ())
+            + (AVAILABILITY_METRICS if cfg.availability.enabled else ()) \
+            + (("view_bytes",) if cfg.topology.kind == "peer_sampling" else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine

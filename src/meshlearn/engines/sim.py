@@ -138,6 +138,9 @@ class SimEngine(InProcessEngine):
 
     departed: frozenset[int] = frozenset()   # nodes never leave a simulation
 
+    def peer_views(self):
+        return self.topology.sampling
+
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox | LinkInbox:
         links = self.links(self.topology.restrict(graph, rnd) if graph is not None else self.graph(rnd))

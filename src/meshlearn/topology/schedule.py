@@ -11,11 +11,17 @@ the weights w_ij of the senders j that receiver i hears from, plus i's own weigh
 - Epidemic Learning (``kind = "epidemic"``, de Vos et al., NeurIPS 2023): each node pushes
   its model to ``peers`` nodes it picks at random each round, and a receiver averages
   itself with whatever arrived (equal weights);
+- gossip-based peer sampling (``kind = "peer_sampling"``, ``topology.peer_sampling``): each
+  node pushes to ``peers`` nodes of its own partial view, which the nodes keep fresh by
+  exchanging parts of their views (Jelasity et al. 2007);
 - a schedule of phases (``[[topology.schedule]]``), each from a given round, and an
   optional global average in the last round (``topology.final_average``).
 
 Graphs are pure functions of (config, round), so the simulator and every worker of the
-networked engines draw exactly the same ones.
+networked engines draw exactly the same ones. Peer sampling's graphs are not: they come
+from the nodes' views, which a networked worker keeps for its own nodes and updates with the
+buffers they exchange (``Worker.graph``); here the schedule plays the protocol for every
+node, which gives the same graphs.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import scipy.sparse as sp
 from meshlearn import streams
 from meshlearn.streams import Stream
 from meshlearn.topology import generators, mixing
+from meshlearn.topology.peer_sampling import PeerSampling, push_links
 
-__all__ = ["RoundGraph", "TopologySchedule", "epidemic"]
+__all__ = ["RoundGraph", "TopologySchedule", "epidemic", "pushed"]
 
 
 @dataclass(eq=False)
@@ -131,15 +138,21 @@ class RoundGraph:
 
 def epidemic(n: int, peers: int, seed: int, rnd: int) -> RoundGraph:
     """Epidemic Learning's round graph: node j pushes to ``peers`` distinct others drawn
-    from its own stream (seed, j, round); receiver i averages itself and its k_i arrivals
-    with weight 1 / (k_i + 1) each."""
+    from its own stream (seed, j, round)."""
     senders = np.repeat(np.arange(n), peers)
     receivers = np.empty(n * peers, dtype=np.int64)
     for j in range(n):
         picks = streams.generator(seed, Stream.EPIDEMIC_PEERS, j, rnd).choice(n - 1, peers, replace=False)
         receivers[j * peers:(j + 1) * peers] = picks + (picks >= j)  # skip j itself
+    return pushed(n, senders, receivers, f"epidemic(s={peers})")
+
+
+def pushed(n: int, senders, receivers, label: str) -> RoundGraph:
+    """The graph of pushed models: receiver i averages itself and its k_i arrivals with
+    weight 1 / (k_i + 1) each."""
+    receivers = np.asarray(receivers, dtype=np.int64)
     share = 1.0 / (np.bincount(receivers, minlength=n) + 1.0)
-    return RoundGraph.from_links(n, receivers, senders, share[receivers], share, f"epidemic(s={peers})")
+    return RoundGraph.from_links(n, receivers, np.asarray(senders, dtype=np.int64), share[receivers], share, label)
 
 
 class TopologySchedule:
@@ -156,6 +169,8 @@ class TopologySchedule:
         self._last: tuple[int, RoundGraph] | None = None
         self.availability = None   # with churn (dynamics.Availability): each round's graph keeps who is online
         self.late: np.ndarray | None = None   # with a round deadline: the nodes whose messages never make it
+        self.sampling: PeerSampling | None = None   # kind = 'peer_sampling': every node's view, played here
+        self._sampled_graph: tuple[int, RoundGraph] | None = None
 
     def set_dynamics(self, availability=None, late: np.ndarray | None = None) -> None:
         """From now on, rounds' graphs (and ``restrict``) leave out the nodes offline in them
@@ -178,7 +193,16 @@ class TopologySchedule:
 
     @staticmethod
     def _changes(phase) -> bool:
-        return bool(phase.dynamic) or phase.kind == "epidemic"
+        return bool(phase.dynamic) or phase.kind in ("epidemic", "peer_sampling")
+
+    def samples_peers(self, rnd: int) -> bool:
+        """Whether round ``rnd``'s graph comes from the nodes' peer-sampling views."""
+        return self.cfg.topology.kind == "peer_sampling" and not (self.cfg.topology.final_average
+                                                                  and rnd == self.cfg.rounds)
+
+    def new_sampling(self) -> PeerSampling:
+        """Peer-sampling views as ``[topology]`` configures them (none made yet)."""
+        return PeerSampling(self.n, self.cfg.seed, **self.cfg.topology.options)
 
     def graph(self, rnd: int) -> RoundGraph:
         """The graph of round ``rnd`` (rounds count from 1; round 0 gets round 1's)."""
@@ -202,6 +226,8 @@ class TopologySchedule:
             n = self.n
             return RoundGraph.from_mixing(np.full((n, n), 1.0 / n), "global average")
         index, phase = self.phase(rnd)
+        if self.samples_peers(rnd):
+            return self._sampled(rnd)
         if phase.kind == "epidemic":
             return epidemic(self.n, phase.peers, self.cfg.seed, rnd)
         if phase.dynamic:
@@ -212,6 +238,24 @@ class TopologySchedule:
             G = self._base if index == 0 and self._base is not None else self.static_graph(phase)
             self._static[index] = RoundGraph.from_mixing(mixing.mixing_matrix(G, phase.weights), phase.kind)
         return self._static[index]
+
+    def _sampled(self, rnd: int) -> RoundGraph:
+        """Round ``rnd``'s push graph: the protocol played for every node up to that round
+        (from the start again when asked for an earlier one, e.g. after a resume)."""
+        if self._sampled_graph is not None and self._sampled_graph[0] == rnd:
+            return self._sampled_graph[1]
+        if self.sampling is None or self.sampling.round >= rnd:
+            self.sampling = self.new_sampling()
+        online = (lambda r: self.availability.online(r)) if self.availability is not None else (lambda r: None)
+        nodes, peers = range(self.n), self.cfg.topology.peers
+        while True:
+            r = self.sampling.round + 1
+            links = push_links(self.sampling, nodes, peers, r, online(r))
+            self.sampling.advance(r, online(r))
+            if r == rnd:
+                graph = pushed(self.n, [j for j, _ in links], [i for _, i in links], f"peer sampling(s={peers})")
+                self._sampled_graph = (rnd, graph)
+                return graph
 
     def static_graph(self, phase) -> nx.Graph:
         """A fixed phase's graph (from the experiment seed, or its file)."""
