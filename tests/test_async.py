@@ -8,6 +8,7 @@ import torch
 
 from conftest import small_config
 from meshlearn import wire
+from meshlearn.algorithms.asynchronous import REPLY, REQUEST
 from meshlearn.config import ConfigError
 from meshlearn.engines import AsyncSimEngine, build_engine
 from meshlearn.experiment import Experiment
@@ -116,10 +117,10 @@ def test_bytes_are_messages_times_exact_wire_size(nodes):
 
 def test_adpsgd_charges_both_sides():
     engine, reports = run(async_config("adpsgd", rounds=3))
-    msg = wire.Message("run", 0, 1, "model", {"params": engine.nodes.params[0]}, {"dst": 1})
-    size = wire.message_nbytes(msg)
+    request, reply = (wire.message_nbytes(wire.Message("run", 0, 1, "model", {"params": engine.nodes.params[0]},
+                                                       {"dst": 1, "call": call})) for call in (REQUEST, REPLY))
     # one request and one reply per training, all ids and round numbers one msgpack byte
-    assert reports[-1].bytes_sent.sum() == 2 * engine.updates.sum() * size
+    assert reports[-1].bytes_sent.sum() == engine.updates.sum() * (request + reply)
 
 
 def test_lossless_compression_is_charged_per_message():

@@ -4,11 +4,16 @@ Every node loops train → communicate → train ... at its own speed. The engin
 the local trainings and the network; an algorithm only says what a node does when
 
 - ``on_trained(node, ctx)``: its local training ended and the update is applied to its model;
-- ``on_message(node, message, ctx)``: a message sent to it with ``ctx.send`` arrived.
+- ``on_message(node, message, ctx)``: a message sent to it with ``ctx.send`` arrived;
+- ``on_request(node, message, ctx)``: a request sent with ``ctx.request`` arrived; it returns
+  the reply, and ``on_reply(node, message, ctx)`` runs at the requester when that arrives.
 
-Through the ``AsyncContext`` it reads and writes models, picks peers, sends messages (priced,
-delayed and lost as on the configured network), exchanges models atomically with a neighbour,
-and delays a node's next training. A new protocol is a subclass with these two handlers.
+Through the ``AsyncContext`` it reads and writes its nodes' models, picks peers, sends
+messages and requests (priced, delayed and lost as on the configured network), and delays a
+node's next training. A node reads and writes only its own model (``ctx.params[node]``) and
+learns of others' only through messages, so the same protocol runs on the simulator and on
+the networked engines, where nodes live in different processes. A new protocol is a
+subclass with these handlers.
 """
 
 from __future__ import annotations
@@ -27,23 +32,32 @@ from meshlearn.sharing import Payload
 __all__ = ["AsyncContext", "Message", "AsyncAlgorithm", "GossipLearning", "ADPSGD"]
 
 
-@dataclass(frozen=True)
+MESSAGE, REQUEST, REPLY = range(3)   # what a message is (``Message.call``)
+
+
+@dataclass
 class Message:
-    """A message that arrived: what ``src`` sent to ``dst`` at virtual time ``sent_at``."""
+    """A message that arrived: what ``src`` sent to ``dst`` at time ``sent_at`` (the
+    receiver's clock on the networked engines). ``call``: ``MESSAGE``, a ``REQUEST``, or the
+    ``REPLY`` to one, which carries the ``request`` it answers (kept by the requester, not sent
+    back)."""
 
     src: int
     dst: int
     kind: str
     payload: Payload      # named tensors, copied when sent
     sent_at: float
+    call: int = MESSAGE
+    request: Payload | None = None
 
 
 class AsyncContext(Protocol):
     """What the asynchronous engine offers an algorithm's event handlers."""
 
     @property
-    def params(self) -> torch.Tensor:
-        """Every node's model, one row per node; rows are read and written in place."""
+    def params(self):
+        """The models by node id: ``params[node]`` is a row read and written in place (only
+        the hosted nodes' rows on the networked engines)."""
 
     @property
     def now(self) -> float:
@@ -63,11 +77,10 @@ class AsyncContext(Protocol):
         the message's exact wire size, and ``dst``'s ``on_message`` runs when the link's delay
         has passed, unless the link loses it. The sender does not wait."""
 
-    def exchange(self, src: int, dst: int, request: Payload, reply: Payload, kind: str = "model") -> bool:
-        """An atomic exchange, as under a lock on both nodes: ``src`` sends ``request`` to its
-        neighbour ``dst``, which answers ``reply`` (both read now). ``src`` waits for the round
-        trip before it trains again. True when both messages arrived (a lost request gets no
-        reply); the caller then updates both models, else neither."""
+    def request(self, src: int, dst: int, payload: Payload, kind: str = "model") -> None:
+        """Send ``payload`` to neighbour ``dst`` as a request (priced and lost like ``send``):
+        ``dst``'s ``on_request`` answers it, and ``src`` trains again only once the reply (or
+        the news that it, or the request, was lost) arrived. One request per node at a time."""
 
     def wait(self, node: int, seconds: float) -> None:
         """``node`` starts its next training no earlier than ``seconds`` from now."""
@@ -85,9 +98,6 @@ class AsyncAlgorithm(Algorithm):
         from meshlearn.sharing import FullSharing
 
         what, topo = f"algorithm.name = {cfg.algorithm.name!r}", cfg.topology
-        if cfg.engine.name != "sim":
-            raise ValueError(f"{what} is asynchronous and runs on engine.name = 'sim' (its event-driven clock); "
-                             "use a synchronous algorithm on other engines")
         if not topo.static:
             raise ValueError(f"{what} gossips over a fixed graph: remove the topology schedule, dynamic and "
                              "final_average settings")
@@ -103,6 +113,14 @@ class AsyncAlgorithm(Algorithm):
         """A message sent to ``node`` arrived."""
         raise NotImplementedError(f"{type(self).__name__} sends messages (kind {message.kind!r}) but does not "
                                   "define on_message to receive them")
+
+    def on_request(self, node: int, message: Message, ctx: AsyncContext) -> Payload:
+        """A request sent to ``node`` arrived: return the reply."""
+        raise NotImplementedError(f"{type(self).__name__} sends requests (kind {message.kind!r}) but does not "
+                                  "define on_request to answer them")
+
+    def on_reply(self, node: int, message: Message, ctx: AsyncContext) -> None:
+        """The reply to ``node``'s request arrived (``message.request``: what it asked with)."""
 
     def round(self, nodes: NodeBatch, rnd: int, ctx) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is asynchronous: it runs on the asynchronous simulator's events")
@@ -125,11 +143,24 @@ class GossipLearning(AsyncAlgorithm):
 
 class ADPSGD(AsyncAlgorithm):
     """AD-PSGD (Lian et al., ICML 2018): after each local training a node and a random neighbour
-    atomically average their models; the node waits for the round trip."""
+    average their models; the node waits for the round trip.
+
+    The neighbour moves halfway towards the model it received and replies with its own as it
+    was; the requester then moves by half of (reply − what it sent). Both moves cancel, so the
+    nodes' sum is preserved even when other exchanges changed either model in between, and
+    with no such change both end at the pair's average, as under a lock on both nodes."""
 
     name = "adpsgd"
 
     def on_trained(self, node: int, ctx: AsyncContext) -> None:
-        peer, params = ctx.random_neighbour(node), ctx.params
-        if peer is not None and ctx.exchange(node, peer, {"params": params[node]}, {"params": params[peer]}):
-            params[node] = params[peer] = (params[node] + params[peer]) * 0.5
+        peer = ctx.random_neighbour(node)
+        if peer is not None:
+            ctx.request(node, peer, {"params": ctx.params[node]})
+
+    def on_request(self, node: int, message: Message, ctx: AsyncContext) -> Payload:
+        mine = ctx.params[node].clone()
+        ctx.params[node] += (message.payload["params"] - mine) * 0.5
+        return {"params": mine}
+
+    def on_reply(self, node: int, message: Message, ctx: AsyncContext) -> None:
+        ctx.params[node] += (message.payload["params"] - message.request["params"]) * 0.5
