@@ -1,6 +1,7 @@
 """Asynchronous gossip (gossip learning, AD-PSGD) on the simulator's event-driven clock."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -144,3 +145,57 @@ def test_runner_writes_rounds_on_the_virtual_clock(tmp_path):
     assert rounds[-1]["updates_per_node"] == 4 and rounds[-1]["test_acc_mean"] > 0
     assert summary["status"] == "completed" and summary["events"] > 0
     assert json.loads((tmp_path / "summary.json").read_text())["sim_time_s"] == 10.0
+
+
+def node_figures(out) -> dict[int, dict]:
+    return {r["node"]: r for r in json.loads((out / "nodes_final.json").read_text())}
+
+
+def test_gossip_on_processes_makes_the_simulators_trainings_and_messages(tmp_path):
+    """Gossip over TCP with emulated delays, losses and churn, nodes on 2 workers: the same
+    trainings and bytes per node as the simulator (they follow the emulated clock and each
+    node's own streams); losses and models agree in their statistics, since real timing may
+    order two close events differently."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("node,offline_from,online_from\n3,2,4\n")
+    lossy = dict(rounds=6, compute__mean_s=0.2, compute__distribution="uniform", network__latency_ms=20.0,
+                 network__loss=0.2, evaluation__every=3, availability={"model": "trace", "file": str(trace)})
+    sim = run_experiment(async_config("gossip", **lossy), tmp_path / "sim")
+    tcp = run_experiment(async_config("gossip", **lossy, engine={"name": "processes", "workers": 2, "threads": 1}),
+                         tmp_path / "tcp")
+    a, b = node_figures(tmp_path / "sim"), node_figures(tmp_path / "tcp")
+    for name in ("updates", "bytes_sent", "rounds_online"):
+        assert [a[i][name] for i in range(10)] == [b[i][name] for i in range(10)], name
+    assert a[3]["rounds_online"] == 4
+    # lost on the links: the same draws; lost at an offline receiver: when a message arrives really decides
+    lost = [sum(f["messages_lost"] for f in figures.values()) for figures in (a, b)]
+    assert lost[0] > 0 and abs(lost[0] - lost[1]) <= 2
+    assert abs(sim["final"]["test_acc_mean"] - tcp["final"]["test_acc_mean"]) <= 0.03
+    assert tcp["final"]["sim_time_s"] == pytest.approx(1.2)
+
+
+def test_adpsgd_on_processes_waits_for_replies_over_tcp(tmp_path):
+    """AD-PSGD's requests and replies cross workers: every training is followed by one request
+    and (but for the last ones) its reply, both charged, and the run learns as on the
+    simulator (the number of trainings depends on when replies really arrive)."""
+    cfg = dict(rounds=6, compute__mean_s=0.2, network__latency_ms=20.0, evaluation__every=6)
+    sim = run_experiment(async_config("adpsgd", **cfg), tmp_path / "sim")
+    tcp = run_experiment(async_config("adpsgd", **cfg, engine={"name": "processes", "workers": 2, "threads": 1}),
+                         tmp_path / "tcp")
+    figures, on_sim = node_figures(tmp_path / "tcp"), node_figures(tmp_path / "sim")
+    updates = sum(f["updates"] for f in figures.values())
+    assert updates >= 0.8 * sum(f["updates"] for f in on_sim.values())
+    size = math.gcd(*(f["bytes_sent"] for f in on_sim.values()))   # requests and replies have one size
+    messages = sum(f["bytes_sent"] for f in figures.values()) / size
+    assert messages.is_integer() and 2 * updates - len(figures) <= messages <= 2 * updates   # the last may be unanswered
+    assert abs(sim["final"]["test_acc_mean"] - tcp["final"]["test_acc_mean"]) <= 0.05
+
+
+def test_a_worker_lends_out_only_its_own_nodes_models():
+    from meshlearn.engines.async_worker import HostedRows
+
+    rows = HostedRows(torch.zeros(2, 3), {4: 0, 7: 1})
+    rows[7] = torch.ones(3)
+    assert rows.params[1].sum() == 3 and rows[4].sum() == 0
+    with pytest.raises(KeyError, match="node 5 is hosted by another worker"):
+        rows[5]

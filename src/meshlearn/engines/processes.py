@@ -49,6 +49,7 @@ class ProcessesEngine:
         cfg = experiment.config
         self.experiment, self.run_id, self.placement = experiment, run_id, placement
         self.name = placement
+        self.asynchronous = cfg.algorithm.implementation().asynchronous   # workers play events on the real clock
         n = experiment.num_nodes
         if hosts is not None and experiment.config.privacy.secagg is not None:
             raise ConfigError("privacy.secagg needs every node's public key in one directory, which a "
@@ -128,7 +129,8 @@ class ProcessesEngine:
         self._extra_metrics = (("bytes_uncompressed",) if cfg.sharing.compression != "none" else ()) \
             + (SECAGG_METRICS if cfg.privacy.secagg is not None else ()) \
             + (AVAILABILITY_METRICS if cfg.availability.enabled else ()) \
-            + (("view_bytes",) if cfg.topology.kind == "peer_sampling" else ())
+            + (("view_bytes",) if cfg.topology.kind == "peer_sampling" else ()) \
+            + (("updates",) if self.asynchronous else ())
         self._float_metrics = ("epsilon",) if cfg.privacy.dp is not None else ()   # not int counters
 
     # Engine
@@ -184,7 +186,7 @@ class ProcessesEngine:
     def checkpointable(self) -> bool:
         """Whether a checkpoint can be taken: not once a worker has failed, nor by a launcher
         that sees only its share of a multi-machine run."""
-        return self.static_book is None and not self.failures
+        return self.static_book is None and not self.failures and not self.asynchronous
 
     def checkpoint(self, rnd: int, due: bool) -> dict[int, bytes] | None:
         """Every worker's encoded state after round ``rnd`` if they sent it with that round
@@ -404,6 +406,7 @@ class ProcessesEngine:
         report = RoundReport(
             rnd, nodes, cat("train_loss", np.float64), cat("bytes_sent", np.int64), cat("header_bytes", np.int64),
             wall_time_s=max((m["wall_time_s"] for m in msgs), default=0.0),
+            sim_time_s=rnd * self.experiment.config.compute.mean_s if self.asynchronous else None,
             node_metrics={**{name: cat(name, np.int64) for name in NODE_METRICS + self._extra_metrics},
                           **{name: cat(name, np.float64) for name in self._float_metrics}})
         if msgs and "eval" in msgs[0]:

@@ -410,18 +410,24 @@ class Worker(NodeHost):
         if self.rejected <= 50 or self.rejected % 100 == 0:   # a flood of bad messages does not flood the log
             log.warning("worker %d: rejected a message (%d so far): %s", self.index, self.rejected, reason)
 
+    def _decode(self, frames: list, peer: int | None) -> wire.Message:
+        """A message of this run from a node of this run that ``peer`` (the key it came in on,
+        with CURVE) may speak for; raises ``wire.MessageError``."""
+        msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
+        if not 0 <= msg.src < len(self.owner):
+            raise wire.MessageError(f"sender {msg.src} is not a node of this run")
+        if peer is not None and int(self.peer_of_worker[self.owner[msg.src]]) != peer:
+            raise wire.MessageError(f"the key of {self.peer_kind} {peer} spoke for node {msg.src}, which "
+                                    f"worker {int(self.owner[msg.src])} hosts")
+        return msg
+
     def _accept(self, frames: list, peer: int | None = None) -> None:
         """Decode one message: file it if it belongs to the current exchange, keep it for
         later if it is early (checked against its own exchange's graph then), log bad ones.
         ``peer`` is the worker whose key the message came in on (CURVE): it may speak only
         for the nodes it hosts."""
         try:
-            msg = wire.decode(frames, max_bytes=self.max_bytes, expect_run=self.run_id)
-            if not 0 <= msg.src < len(self.owner):
-                raise wire.MessageError(f"sender {msg.src} is not a node of this run")
-            if peer is not None and int(self.peer_of_worker[self.owner[msg.src]]) != peer:
-                raise wire.MessageError(f"the key of {self.peer_kind} {peer} spoke for node {msg.src}, which "
-                                        f"worker {int(self.owner[msg.src])} hosts")
+            msg = self._decode(frames, peer)
             if msg.kind == "views":
                 return self._file_views(msg)
             dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
@@ -606,7 +612,11 @@ def serve(control_address: str, index: int, host: str | None = None,
         transport = Transport(host or setup["host"], setup.get("port") or 0,
                               max_bytes=cfg.engine.max_message_bytes, delayed=cfg.network.enabled,
                               context=context, keys=credentials.data if credentials else None, allow=allow)
-        worker = Worker(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
+        if cfg.algorithm.implementation().asynchronous:   # events on the real clock, no rounds
+            from meshlearn.engines.async_worker import AsyncWorker as host
+        else:
+            host = Worker
+        worker = host(experiment, setup["run_id"], index, setup["nodes"], None, transport, control)
         worker.peer_of_worker = np.asarray(peers, dtype=np.int64) if credentials else None
         worker.peer_kind = setup.get("peer_kind", "worker")
         if setup.get("resume") is not None:   # the state it checkpointed after round first - 1
