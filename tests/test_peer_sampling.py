@@ -131,3 +131,56 @@ def test_round_graph_rows_sum_to_one():
     graph = Experiment.build(cfg).topology.graph(1)
     rows = graph.self_weight + np.asarray(graph.weights.sum(axis=1)).ravel()
     assert np.allclose(rows, 1.0)
+
+
+def test_a_worker_takes_only_views_its_peer_may_send():
+    """A bundle travels in the wire format and is kept for its (round, phase); one that speaks
+    for a node its sender does not host, names a node outside the run, or comes twice is not."""
+    from collections import defaultdict
+
+    from meshlearn import wire
+    from meshlearn.engines.worker import Worker, _bundle_tensors
+    from meshlearn.topology.peer_sampling import ViewBuffer
+
+    worker = object.__new__(Worker)   # only what filing a bundle needs
+    worker.sampling = PeerSampling(8, 1, view_size=4)
+    worker.bundles, worker.bundles_done = defaultdict(dict), (0, 1)
+    worker.owner, worker.row_of = np.array([0, 0, 0, 1, 1, 1, 2, 2]), {3: 0, 4: 1, 5: 2}
+
+    def bundle(buffers, pushes=(), src=0, rnd=1):
+        msg = wire.Message("run", src, rnd, "views", _bundle_tensors(buffers, list(pushes), 2), {"phase": 0})
+        return wire.decode(wire.encode(msg))
+
+    worker._file_views(bundle([ViewBuffer(1, 3, np.array([1, 6]), np.array([0, 2]))], [(0, 4), (2, 7)]))
+    (kept, pushes), = worker.bundles[(1, 0)].values()
+    assert [(b.src, b.dst, b.ids.tolist(), b.ages.tolist()) for b in kept] == [(1, 3, [1, 6], [0, 2])]
+    assert pushes == [(0, 4), (2, 7)]
+    for bad, why in [(bundle([ViewBuffer(6, 3, np.array([6, 1]), np.array([0, 0]))], src=0, rnd=2), "does not host"),
+                     (bundle([], [(7, 4)], src=0, rnd=2), "does not host"),
+                     (bundle([ViewBuffer(1, 6, np.array([1, 2]), np.array([0, 0]))], rnd=2), "outside this worker"),
+                     (bundle([ViewBuffer(1, 3, np.array([1, 99]), np.array([0, 0]))], rnd=2), "outside the run")]:
+        with pytest.raises(wire.MessageError, match=why):
+            worker._file_views(bad)
+    worker._file_views(bundle([], [(0, 5)]))   # worker 0 again for round 1: the first one stands
+    assert worker.bundles[(1, 0)][0][1] == [(0, 4), (2, 7)]
+
+
+def test_workers_resume_with_their_views(tmp_path):
+    """A processes run stopped after round 4 resumes from its workers' checkpoints, views
+    included, to the uninterrupted run's models."""
+    from meshlearn.runner import resume_run
+
+    cfg = small_config(rounds=6, checkpoint__every=1, topology={"kind": "peer_sampling", "peers": 2,
+                                                                "options": {"view_size": 4}},
+                       engine={"name": "processes", "workers": 2, "threads": 1})
+    run_experiment(cfg, tmp_path / "whole")
+
+    def stop_at_round_4(rnd, record):
+        if rnd == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "cut", on_round=stop_at_round_4)
+    assert resume_run(tmp_path / "cut")["status"] == "completed"
+    a, b = read_models(tmp_path / "whole" / "models.safetensors"), read_models(tmp_path / "cut" / "models.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6

@@ -227,15 +227,17 @@ def test_encoding_keeps_every_kind_of_leaf_and_runs_no_code():
     assert issubclass(CheckpointError, RunDirError)
 
 
-@pytest.mark.parametrize("case", ["secagg", "server-momentum", "ditto", "churn"])
+@pytest.mark.parametrize("case", ["secagg", "server-momentum", "ditto", "churn", "peer-sampling"])
 def test_other_state_resumes_exactly(tmp_path, case):
     """State kept outside nodes.state (a server's momentum, secure aggregation's counters with
-    fresh keys), a second model per node (Ditto) and churn's sessions also resume exactly."""
+    fresh keys), a second model per node (Ditto), churn's sessions and peer-sampling views also
+    resume exactly."""
     options = {"secagg": {"privacy": {"secagg": {}}},
                "server-momentum": {"algorithm": {"name": "parameter_server", "options": {"server_momentum": 0.9}},
                                    "topology": {"kind": "star"}},
                "ditto": {"algorithm": {"name": "ditto"}},
-               "churn": {"availability": {"model": "sessions", "mean_online": 3, "mean_offline": 2}}}[case]
+               "churn": {"availability": {"model": "sessions", "mean_online": 3, "mean_offline": 2}},
+               "peer-sampling": {"topology": {"kind": "peer_sampling", "peers": 2, "options": {"view_size": 4}}}}[case]
     cfg = small_config(rounds=6, checkpoint__every=1, **options)
     run_experiment(cfg, tmp_path / "whole")
 
