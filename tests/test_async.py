@@ -199,3 +199,14 @@ def test_a_worker_lends_out_only_its_own_nodes_models():
     assert rows.params[1].sum() == 3 and rows[4].sum() == 0
     with pytest.raises(KeyError, match="node 5 is hosted by another worker"):
         rows[5]
+
+
+def test_gossip_on_ray_actors_makes_the_simulators_trainings(ray_cluster, tmp_path):
+    """The same asynchronous worker as a Ray actor: the simulator's trainings and bytes."""
+    cfg = dict(rounds=4, compute__mean_s=0.25, compute__distribution="uniform", network__latency_ms=20.0)
+    run_experiment(async_config("gossip", **cfg), tmp_path / "sim")
+    run_experiment(async_config("gossip", **cfg, engine={"name": "ray", "workers": 2, "timeout_s": 120}),
+                   tmp_path / "ray")
+    a, b = node_figures(tmp_path / "sim"), node_figures(tmp_path / "ray")
+    for name in ("updates", "bytes_sent"):
+        assert [a[i][name] for i in range(10)] == [b[i][name] for i in range(10)], name
