@@ -6,6 +6,15 @@ from meshlearn.config import (AlgorithmConfig, DataConfig, ModelConfig, SharingC
                               parse_config)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache(tmp_path_factory):
+    """Parsed data sets go to a folder of this session (worker processes inherit it), not the user's."""
+    import os
+
+    os.environ["MESHLEARN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Tests compare floats across code paths; pin threads so reductions are repeatable."""

@@ -123,6 +123,8 @@ class DataConfig(_Section):
     partition_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the "
                                               "partitioner")
     min_samples: int = Field(1, ge=1, description="fewest training samples any node may get")
+    cache: bool = Field(True, description="keep parsed data sets in the user cache folder ($MESHLEARN_CACHE, "
+                        "~/.cache/meshlearn) and memory-map them while their files are unchanged")
 
     @model_validator(mode="before")
     @classmethod

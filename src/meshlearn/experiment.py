@@ -54,7 +54,7 @@ class Experiment:
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
         try:  # loaders, partitioners and graph builders report bad settings as ValueError
-            dataset = data.load(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+            dataset = data.load(cfg.data.dataset, cfg.data.root, cache=cfg.data.cache, **cfg.data.options)
             if len(dataset.y_test) == 0:
                 raise ValueError(f"data.dataset = {cfg.data.dataset!r} has no test samples; "
                                  "raise data.options.limit_test")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,8 +57,11 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Loader:
-    """Registry entry: ``load(root, **options)`` builds the task, ``check(root)`` only looks for files."""
+    """Registry entry: ``load(root, **options)`` builds the task, ``check(root)`` only looks for
+    files, and ``sources(root)``, where given, lists the files ``load`` parses, so that its
+    result is cached (``meshlearn.data.cache``) until one of them changes."""
 
     load: Callable[..., Dataset]
     check: Callable[[str | None], None]
     summary: str
+    sources: Callable[[str | None], list[Path]] | None = None

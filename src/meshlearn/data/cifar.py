@@ -34,7 +34,8 @@ import numpy as np
 
 from .base import Dataset
 
-__all__ = ["BatchUnpickler", "read_batch", "load_cifar10", "check_cifar10", "TRAIN_BATCHES", "TEST_BATCH"]
+__all__ = ["BatchUnpickler", "read_batch", "load_cifar10", "check_cifar10", "batches_folder", "TRAIN_BATCHES",
+           "TEST_BATCH"]
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -118,7 +119,7 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def _folder(root: str | None) -> Path:
+def batches_folder(root: str | None) -> Path:
     if not root:
         raise FileNotFoundError(
             f"data.dataset = 'cifar10' needs data.root (expected {_FOLDER}/data_batch_1 under it); "
@@ -139,12 +140,12 @@ def _folder(root: str | None) -> Path:
 
 
 def check_cifar10(root: str | None = None) -> None:
-    _folder(root)
+    batches_folder(root)
 
 
 def load_cifar10(root: str | None = None) -> Dataset:
     """CIFAR-10: (N, 3, 32, 32) float32 in [0, 1], 10 classes (50000 train / 10000 test)."""
-    folder = _folder(root)
+    folder = batches_folder(root)
 
     def images(raw: np.ndarray) -> np.ndarray:
         # Rows are 1024 red, 1024 green, 1024 blue values, each plane row-major.

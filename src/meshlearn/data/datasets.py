@@ -10,6 +10,7 @@ import numpy as np
 
 from . import cifar, idx, leaf, movielens
 from .base import Dataset, Loader
+from .cache import cached
 
 __all__ = ["Dataset", "Loader", "DATASETS", "load", "check_available", "load_digits", "load_synthetic"]
 
@@ -67,7 +68,7 @@ def _get(name: str) -> Loader:
     entry = plugins.resolve("dataset", name)
     if isinstance(entry, Loader):
         return entry
-    return Loader(entry, getattr(entry, "check", _no_files), plugins.summary(entry))
+    return Loader(entry, getattr(entry, "check", _no_files), plugins.summary(entry), getattr(entry, "sources", None))
 
 
 def check_available(name: str, root: str | None = None) -> None:
@@ -91,20 +92,27 @@ def check_options(name: str, options: dict, loader: Loader | None = None) -> dic
     return {**plugins.check_options("dataset", name, rest, "data.options", obj=loader or _get(name)), **limits}
 
 
-def load(name: str, root: str | None = None, **options) -> Dataset:
+def load(name: str, root: str | None = None, cache: bool = True, **options) -> Dataset:
     """Load ``data.dataset = name`` from ``data.root = root``.
 
     ``limit_train`` / ``limit_test`` keep the first k samples of each split (for
     quick runs); other options go to the dataset's loader (e.g. ``test_fraction``
-    for digits, ``vocab_size``/``seq_len`` for leaf-sent140).
+    for digits, ``vocab_size``/``seq_len`` for leaf-sent140). With ``cache``, a loader
+    that lists its source files is read from the cache of parsed data sets (see
+    ``meshlearn.data.cache``) while those files are unchanged.
     """
     loader = _get(name)
     options = check_options(name, options, loader)
     limit_train = options.pop("limit_train", None)
     limit_test = options.pop("limit_test", None)
-    data = loader.load(root, **options)
-    if not isinstance(data, Dataset):
-        raise ValueError(f"data.dataset = {name!r} returned {type(data).__name__}, not a meshlearn.data.Dataset")
+
+    def parsed() -> Dataset:
+        data = loader.load(root, **options)
+        if not isinstance(data, Dataset):
+            raise ValueError(f"data.dataset = {name!r} returned {type(data).__name__}, not a meshlearn.data.Dataset")
+        return data
+
+    data = cached(name, options, loader.sources(root), parsed) if cache and loader.sources else parsed()
     if limit_train is not None:
         data.x_train, data.y_train = data.x_train[:limit_train], data.y_train[:limit_train]
         if data.users_train is not None:
@@ -118,20 +126,28 @@ DATASETS.update(
     {
         "digits": Loader(load_digits, _no_files, "scikit-learn 8x8 digits, bundled, 10 classes"),
         "synthetic": Loader(load_synthetic, _no_files, "Gaussian class clusters of any shape, generated"),
-        "mnist": Loader(idx.load_mnist, idx.check_mnist, "MNIST IDX files, 10 classes"),
-        "fashion-mnist": Loader(idx.load_fashion_mnist, idx.check_fashion_mnist, "Fashion-MNIST IDX files, 10 classes"),
-        "cifar10": Loader(cifar.load_cifar10, cifar.check_cifar10, "CIFAR-10 python batches, 10 classes"),
+        "mnist": Loader(idx.load_mnist, idx.check_mnist, "MNIST IDX files, 10 classes",
+                        lambda root=None: list(idx.locate("mnist", root).values())),
+        "fashion-mnist": Loader(idx.load_fashion_mnist, idx.check_fashion_mnist, "Fashion-MNIST IDX files, 10 classes",
+                                lambda root=None: list(idx.locate("fashion-mnist", root).values())),
+        "cifar10": Loader(cifar.load_cifar10, cifar.check_cifar10, "CIFAR-10 python batches, 10 classes",
+                          lambda root=None: [cifar.batches_folder(root) / name
+                                             for name in (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH)]),
         "leaf-femnist": Loader(leaf.load_femnist, lambda root=None: leaf.check_leaf("femnist", root),
-                               "LEAF FEMNIST JSON, 62 classes, per-writer users"),
+                               "LEAF FEMNIST JSON, 62 classes, per-writer users",
+                               lambda root=None: leaf.leaf_sources("femnist", root)),
         "leaf-celeba": Loader(leaf.load_celeba, lambda root=None: leaf.check_leaf("celeba", root),
                               "LEAF CelebA JSON + img_align_celeba, 2 classes"),
         "leaf-shakespeare": Loader(leaf.load_shakespeare, lambda root=None: leaf.check_leaf("shakespeare", root),
-                                   "LEAF Shakespeare JSON, next character over 80 symbols"),
+                                   "LEAF Shakespeare JSON, next character over 80 symbols",
+                                   lambda root=None: leaf.leaf_sources("shakespeare", root)),
         "leaf-sent140": Loader(leaf.load_sent140, lambda root=None: leaf.check_leaf("sent140", root),
-                               "LEAF Sent140 JSON, 2 classes"),
+                               "LEAF Sent140 JSON, 2 classes", lambda root=None: leaf.leaf_sources("sent140", root)),
         "leaf-reddit": Loader(leaf.load_reddit, lambda root=None: leaf.check_leaf("reddit", root),
-                              "LEAF Reddit JSON, next word over a vocabulary built from the training tokens"),
+                              "LEAF Reddit JSON, next word over a vocabulary built from the training tokens",
+                              lambda root=None: leaf.leaf_sources("reddit", root)),
         "movielens": Loader(movielens.load_movielens, movielens.check_movielens,
-                            "MovieLens ratings.csv (ml-latest-small format), ratings to predict (regression)"),
+                            "MovieLens ratings.csv (ml-latest-small format), ratings to predict (regression)",
+                            lambda root=None: [movielens.ratings_file(root)]),
     }
 )

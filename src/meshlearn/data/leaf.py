@@ -30,6 +30,7 @@ __all__ = [
     "load_sent140",
     "load_reddit",
     "check_leaf",
+    "leaf_sources",
 ]
 
 # LEAF's models/shakespeare character set (models/utils/language_utils.py).
@@ -70,6 +71,12 @@ def _base(task: str, root: str | None) -> Path:
                 f"(data.root = {root}); to get them, " + _hint(task)
             )
     return base
+
+
+def leaf_sources(task: str, root: str | None = None) -> list[Path]:
+    """The JSON files a LEAF task is parsed from."""
+    base = _base(task, root)
+    return [*sorted((base / "train").glob("*.json")), *sorted((base / "test").glob("*.json"))]
 
 
 def check_leaf(task: str, root: str | None = None) -> None:

@@ -16,13 +16,13 @@ import numpy as np
 
 from .base import Dataset
 
-__all__ = ["load_movielens", "check_movielens"]
+__all__ = ["load_movielens", "check_movielens", "ratings_file"]
 
 _URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 _COLUMNS = ["userId", "movieId", "rating", "timestamp"]
 
 
-def _ratings_file(root: str | None) -> Path:
+def ratings_file(root: str | None) -> Path:
     if not root:
         raise FileNotFoundError(f"data.dataset = 'movielens' needs data.root: the folder holding ratings.csv "
                                 f"(unzip {_URL})")
@@ -33,7 +33,7 @@ def _ratings_file(root: str | None) -> Path:
 
 
 def check_movielens(root: str | None = None) -> None:
-    _ratings_file(root)
+    ratings_file(root)
 
 
 def load_movielens(root: str | None = None, test_fraction: float = 0.2) -> Dataset:
@@ -42,7 +42,7 @@ def load_movielens(root: str | None = None, test_fraction: float = 0.2) -> Datas
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"data.options.test_fraction must lie strictly between 0 and 1, got {test_fraction}")
-    path = _ratings_file(root)
+    path = ratings_file(root)
     try:
         table = pd.read_csv(path, dtype={"userId": "int64", "movieId": "int64", "rating": "float64",
                                          "timestamp": "int64"}, engine="c")
