@@ -136,23 +136,22 @@ def test_round_graph_rows_sum_to_one():
 def test_a_worker_takes_only_views_its_peer_may_send():
     """A bundle travels in the wire format and is kept for its (round, phase); one that speaks
     for a node its sender does not host, names a node outside the run, or comes twice is not."""
-    from collections import defaultdict
+    from types import SimpleNamespace
 
     from meshlearn import wire
-    from meshlearn.engines.worker import Worker, _bundle_tensors
+    from meshlearn.engines.views import ViewExchange, bundle_tensors
     from meshlearn.topology.peer_sampling import ViewBuffer
 
-    worker = object.__new__(Worker)   # only what filing a bundle needs
-    worker.sampling = PeerSampling(8, 1, view_size=4)
-    worker.bundles, worker.bundles_done = defaultdict(dict), (0, 1)
-    worker.owner, worker.row_of = np.array([0, 0, 0, 1, 1, 1, 2, 2]), {3: 0, 4: 1, 5: 2}
+    worker = SimpleNamespace(topology=SimpleNamespace(new_sampling=lambda: PeerSampling(8, 1, view_size=4)),
+                             owner=np.array([0, 0, 0, 1, 1, 1, 2, 2]), row_of={3: 0, 4: 1, 5: 2})   # worker 1
+    views = ViewExchange(worker)
 
     def bundle(buffers, pushes=(), src=0, rnd=1):
-        msg = wire.Message("run", src, rnd, "views", _bundle_tensors(buffers, list(pushes), 2), {"phase": 0})
+        msg = wire.Message("run", src, rnd, "views", bundle_tensors(buffers, list(pushes), 2), {"phase": 0})
         return wire.decode(wire.encode(msg))
 
-    worker._file_views(bundle([ViewBuffer(1, 3, np.array([1, 6]), np.array([0, 2]))], [(0, 4), (2, 7)]))
-    (kept, pushes), = worker.bundles[(1, 0)].values()
+    views.file(bundle([ViewBuffer(1, 3, np.array([1, 6]), np.array([0, 2]))], [(0, 4), (2, 7)]))
+    (kept, pushes), = views.bundles[(1, 0)].values()
     assert [(b.src, b.dst, b.ids.tolist(), b.ages.tolist()) for b in kept] == [(1, 3, [1, 6], [0, 2])]
     assert pushes == [(0, 4), (2, 7)]
     for bad, why in [(bundle([ViewBuffer(6, 3, np.array([6, 1]), np.array([0, 0]))], src=0, rnd=2), "does not host"),
@@ -160,9 +159,9 @@ def test_a_worker_takes_only_views_its_peer_may_send():
                      (bundle([ViewBuffer(1, 6, np.array([1, 2]), np.array([0, 0]))], rnd=2), "outside this worker"),
                      (bundle([ViewBuffer(1, 3, np.array([1, 99]), np.array([0, 0]))], rnd=2), "outside the run")]:
         with pytest.raises(wire.MessageError, match=why):
-            worker._file_views(bad)
-    worker._file_views(bundle([], [(0, 5)]))   # worker 0 again for round 1: the first one stands
-    assert worker.bundles[(1, 0)][0][1] == [(0, 4), (2, 7)]
+            views.file(bad)
+    views.file(bundle([], [(0, 5)]))   # worker 0 again for round 1: the first one stands
+    assert views.bundles[(1, 0)][0][1] == [(0, 4), (2, 7)]
 
 
 def test_workers_resume_with_their_views(tmp_path):

@@ -39,8 +39,8 @@ from meshlearn.metrics import peak_rss_bytes
 from meshlearn.nodes import NodeBatch
 from meshlearn.sharing import Inbox, LinkInbox, Payload
 from meshlearn.sharing.base import Received, received_chunks
-from meshlearn.topology.peer_sampling import ViewBuffer, push_links
-from meshlearn.topology.schedule import RoundGraph, pushed
+from meshlearn.engines.views import ViewExchange
+from meshlearn.topology.schedule import RoundGraph
 
 __all__ = ["Worker", "MessageInbox", "main"]
 
@@ -145,11 +145,7 @@ class Worker(NodeHost):
         self.times = {"train_time_s": 0.0, "wait_time_s": 0.0, "serialize_time_s": 0.0, "eval_time_s": 0.0}
         self.elapsed = 0.0                               # seconds spent in rounds (the report's wall time)
         self.checkpoint_rounds: set[int] = set()         # rounds after which the launcher asked for the state
-        # topology.kind = 'peer_sampling': the local nodes' views, and the workers' view bundles by (round, phase)
-        self.sampling = self.topology.new_sampling() if cfg.topology.kind == "peer_sampling" else None
-        self.sampled: tuple[int, RoundGraph] | None = None
-        self.bundles: dict[tuple[int, int], dict[int, tuple[list[ViewBuffer], list]]] = defaultdict(dict)
-        self.bundles_done = (0, 1)                       # the last (round, phase) whose bundles were used
+        self.views = ViewExchange(self) if cfg.topology.kind == "peer_sampling" else None   # peer sampling
 
     def neighbours(self, node: int, rnd: int = 1) -> np.ndarray:
         """The nodes that hear from ``node`` in round ``rnd``."""
@@ -175,89 +171,12 @@ class Worker(NodeHost):
     def graph(self, rnd: int) -> RoundGraph:
         """Round ``rnd``'s graph; with peer sampling, the one the local nodes' views give, after
         the view exchanges of every round up to ``rnd`` (all workers play the same rounds)."""
-        if self.sampling is None or not self.topology.samples_peers(rnd):
+        if self.views is None or not self.topology.samples_peers(rnd):
             return self.topology.graph(rnd)
-        while self.sampled is None or self.sampled[0] < rnd:
-            r = self.sampling.round + 1
-            self.sampled = (r, self.topology.restrict(self._sample_peers(r), r))
-        return self.sampled[1]
+        return self.views.graph(rnd)
 
     def peer_views(self):
-        return self.sampling
-
-    def _sample_peers(self, rnd: int) -> RoundGraph:
-        """One round of peer sampling for the local nodes: their push links and view requests
-        go to every live worker, the requests' answers come back, and the round's push graph
-        is what all workers announced."""
-        availability = self.experiment.availability
-        online = availability.online(rnd) if availability is not None else None
-        peers = self.experiment.config.topology.peers
-        pushes = push_links(self.sampling, self.local_ids, peers, rnd, online)
-        requests, everyone = self._swap_views(rnd, 0, self.sampling.requests(rnd, self.local_ids, online), pushes)
-        replies, _ = self._swap_views(rnd, 1, self.sampling.answer(requests), [])
-        self.sampling.finish(replies)
-        return pushed(len(self.owner), [j for j, _ in everyone], [i for _, i in everyone], f"peer sampling(s={peers})")
-
-    def _swap_views(self, rnd: int, phase: int, buffers: list[ViewBuffer], pushes: list) -> tuple[list, list]:
-        """Send every live worker its bundle of ``buffers`` (those for its nodes) and all the
-        ``pushes``; wait for theirs (up to ``engine.timeout_s``). Returns the buffers for the
-        local nodes and every worker's pushes, in sender order."""
-        size = self.sampling.view_size // 2
-        workers = sorted(set(np.unique(self.owner).tolist()) - self.down)
-        bundles = self.bundles[(rnd, phase)]
-        for w in workers:
-            mine = [b for b in buffers if int(self.owner[b.dst]) == w]
-            if w == self.index:
-                bundles[w] = (mine, list(pushes))
-                continue
-            msg = wire.Message(self.run_id, self.local_ids[0], rnd, "views", _bundle_tensors(mine, pushes, size),
-                               {"phase": phase})
-            self.transport.send(w, wire.encode(msg))
-        deadline = time.monotonic() + self.timeout_s
-        t0 = time.perf_counter()
-        while not set(workers) - self.down <= bundles.keys() and time.monotonic() < deadline:
-            self._poll_control()
-            received = self.transport.recv(min(deadline - time.monotonic(), 0.05))
-            if received is not None:
-                self._accept(*received)
-        self.times["wait_time_s"] += time.perf_counter() - t0
-        missing = set(workers) - self.down - bundles.keys()
-        if missing:
-            log.warning("worker %d round %d: no peer-sampling views from worker(s) %s after %.1fs; going on "
-                        "without them", self.index, rnd, sorted(missing), self.timeout_s)
-        del self.bundles[(rnd, phase)]
-        self.bundles_done = (rnd, phase)
-        got = [bundles[w] for w in sorted(bundles)]
-        return [b for mine, _ in got for b in mine], sorted(p for _, theirs in got for p in theirs)
-
-    def _file_views(self, msg: wire.Message) -> None:
-        """Check a bundle of views (``_bundle_tensors``) and keep it for its (round, phase)."""
-        phase, worker = msg.meta.get("phase"), int(self.owner[msg.src])
-        if self.sampling is None or phase not in (0, 1) or type(phase) is not int:
-            raise wire.MessageError(f"unexpected peer-sampling views (phase {phase!r})")
-        if (msg.rnd, phase) <= self.bundles_done or worker in self.bundles[(msg.rnd, phase)]:
-            return   # a past round's (or a repeated) bundle
-        t, n = msg.tensors, len(self.owner)
-        size = self.sampling.view_size // 2
-        names = {"src", "dst", "ids", "ages", "push_src", "push_dst"}
-        if set(t) != names or any(x.dtype != torch.int64 for x in t.values()):
-            raise wire.MessageError(f"a views bundle holds int64 tensors {sorted(names)}")
-        m = len(t["src"])
-        if t["dst"].shape != (m,) or t["ids"].shape != (m, size) or t["ages"].shape != (m, size) \
-                or t["push_src"].dim() != 1 or t["push_dst"].shape != t["push_src"].shape:
-            raise wire.MessageError(f"a views bundle's shapes do not match (views of {size} descriptors)")
-        for name in ("src", "push_src"):
-            if not ((t[name] >= 0) & (t[name] < n)).all() or (self.owner[t[name].numpy()] != worker).any():
-                raise wire.MessageError(f"worker {worker} sent views for nodes it does not host ({name})")
-        if not all(int(d) in self.row_of for d in t["dst"].tolist()) or not ((t["push_dst"] >= 0)
-                                                                              & (t["push_dst"] < n)).all():
-            raise wire.MessageError("a views bundle names receivers outside this worker or the run")
-        if not ((t["ids"] >= -1) & (t["ids"] < n)).all() or not ((t["ages"] >= 0) & (t["ages"] < 2**31)).all():
-            raise wire.MessageError("a views bundle holds node ids outside the run or negative ages")
-        buffers = [ViewBuffer(src, dst, ids if ids[0] >= 0 else ids[:0], ages if ids[0] >= 0 else ages[:0])
-                   for src, dst, ids, ages in zip(t["src"].tolist(), t["dst"].tolist(), t["ids"].numpy(),
-                                                  t["ages"].numpy())]
-        self.bundles[(msg.rnd, phase)][worker] = (buffers, list(zip(t["push_src"].tolist(), t["push_dst"].tolist())))
+        return self.views.sampling if self.views is not None else None
 
     @property
     def departed(self) -> frozenset[int]:
@@ -429,7 +348,9 @@ class Worker(NodeHost):
         try:
             msg = self._decode(frames, peer)
             if msg.kind == "views":
-                return self._file_views(msg)
+                if self.views is None:
+                    raise wire.MessageError("peer-sampling views in a run without peer sampling")
+                return self.views.file(msg)
             dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
             if type(dst) is not int or dst not in self.row_of:
                 raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
@@ -524,16 +445,16 @@ class Worker(NodeHost):
 
     def state_dict(self) -> dict:
         out = {**super().state_dict(), "elapsed": self.elapsed, "times": self.times}
-        if self.sampling is not None:
-            out["sampling"] = self.sampling.state_dict()
+        if self.views is not None:
+            out["sampling"] = self.views.sampling.state_dict()
         return out
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.elapsed = float(state["elapsed"])
         self.times.update(state["times"])
-        if self.sampling is not None:
-            self.sampling.load_state_dict(state["sampling"])
+        if self.views is not None:
+            self.views.sampling.load_state_dict(state["sampling"])
 
     # the round loop
     def report(self, rnd: int, loss: torch.Tensor, send_models: bool = False) -> list[bytes]:
@@ -657,20 +578,6 @@ def serve(control_address: str, index: int, host: str | None = None,
         if allow is not None:
             allow.stop()
         context.term()
-
-
-def _bundle_tensors(buffers: list[ViewBuffer], pushes: list, size: int) -> dict[str, torch.Tensor]:
-    """A worker's peer-sampling bundle for one other worker: view buffers (a busy answer's
-    slots all -1) and push links, as int64 tensors."""
-    ids = np.full((len(buffers), size), -1, dtype=np.int64)
-    ages = np.zeros((len(buffers), size), dtype=np.int64)
-    for k, b in enumerate(buffers):
-        ids[k, :len(b.ids)], ages[k, :len(b.ages)] = b.ids, b.ages
-    pairs = np.array(pushes, dtype=np.int64).reshape(-1, 2)
-    return {"src": torch.tensor([b.src for b in buffers], dtype=torch.int64),
-            "dst": torch.tensor([b.dst for b in buffers], dtype=torch.int64),
-            "ids": torch.from_numpy(ids), "ages": torch.from_numpy(ages),
-            "push_src": torch.from_numpy(pairs[:, 0].copy()), "push_dst": torch.from_numpy(pairs[:, 1].copy())}
 
 
 _PARENT: int | None = None   # the launcher's pid, for workers it started as subprocesses
