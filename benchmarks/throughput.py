@@ -29,25 +29,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sim_scaling import flops_per_node_step, matmul_gflops  # noqa: E402
-
-BATCH, DEGREE = 16, 4
-CLASSES = {"femnist_cnn": 62}
+from sim_scaling import BATCH, flops_per_node_step, matmul_gflops  # noqa: E402
+from sim_scaling import config as scaling_config  # noqa: E402
 
 
 def config(model: str, nodes: int, steps: int, engine: str) -> dict:
+    """``sim_scaling``'s experiment with ``steps`` local steps, 2 rounds and only the first evaluation."""
     cores = os.cpu_count() or 1
-    return {
-        "name": f"throughput-{model}-{nodes}", "seed": 0, "nodes": nodes, "rounds": 2,
-        "data": {"dataset": "synthetic", "partition": "iid",
-                 "options": {"shape": [1, 28, 28], "num_classes": CLASSES.get(model, 10),
-                             "train_samples": 64 * nodes, "test_samples": 100}},
-        "topology": {"kind": "regular", "options": {"degree": DEGREE}},
-        "model": {"name": model},
-        "training": {"local_steps": steps, "batch_size": BATCH, "lr": 0.01},
-        "evaluation": {"every": 1000, "test_samples": 100},   # only the first evaluation, in the start-up
-        "engine": {"name": engine, **({"workers": cores, "threads": 1} if engine == "processes" else {})},
-    }
+    cfg = scaling_config(model, nodes)
+    cfg["training"]["local_steps"] = steps
+    return {**cfg, "name": f"throughput-{model}-{nodes}", "rounds": 2,
+            "evaluation": {"every": 1000, "test_samples": 100},
+            "engine": {"name": engine, **({"workers": cores, "threads": 1} if engine == "processes" else {})}}
 
 
 def measure(model: str, nodes: int, steps: int, engine: str) -> dict:
