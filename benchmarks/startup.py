@@ -38,7 +38,8 @@ imported = time.perf_counter() - t0
 if sys.argv[1] == "experiment":
     from meshlearn.config import parse_config
     from meshlearn.experiment import Experiment
-    cfg = parse_config({"nodes": int(sys.argv[3]), "data": {"dataset": "leaf-femnist", "root": sys.argv[2], "partition": "natural"},
+    data = {"dataset": "leaf-femnist", "root": sys.argv[2], "partition": "natural"}
+    cfg = parse_config({"nodes": int(sys.argv[3]), "data": data,
                         "model": {"name": "logreg"}, "topology": {"kind": "regular", "options": {"degree": 4}}})
     Experiment.build(cfg)
 else:

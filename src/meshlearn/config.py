@@ -77,7 +77,8 @@ def _move_legacy(section: type[BaseModel], raw: Any, keys: tuple[str, ...], fami
     return raw
 
 
-_GENERATED_ELSEWHERE = ("file", "epidemic", "peer_sampling")   # topology kinds that are not graph generators
+_PUSHED = ("epidemic", "peer_sampling")   # topology kinds whose nodes push to `peers` nodes they pick each round
+_GENERATED_ELSEWHERE = ("file", *_PUSHED)   # topology kinds that are not graph generators
 
 
 def _resolve_module(section: BaseModel, family_name: str, name_field: str, options_field: str) -> None:
@@ -179,7 +180,7 @@ class GraphConfig(_Section):
         """Reject impossible settings, naming the key."""
         from meshlearn import topology
 
-        if self.kind in ("epidemic", "peer_sampling"):
+        if self.kind in _PUSHED:
             if self.peers is None or not 1 <= self.peers < nodes:
                 raise ValueError(f"{where}.kind = {self.kind!r} needs {where}.peers in 1..nodes-1 "
                                  f"(nodes each node pushes its model to per round), got {self.peers}")
@@ -207,7 +208,7 @@ class GraphConfig(_Section):
                 topology.check_params(self.kind, nodes, **self.options)
             except ValueError as exc:
                 raise ValueError(str(exc).replace("topology.", f"{where}.")) from None
-        if self.peers is not None and self.kind not in ("epidemic", "peer_sampling"):
+        if self.peers is not None and self.kind not in _PUSHED:
             raise ValueError(f"{where}.peers applies to {where}.kind = 'epidemic' or 'peer_sampling'; remove it")
 
 
@@ -224,7 +225,7 @@ class TopologyConfig(GraphConfig):
     @property
     def static(self) -> bool:
         """Every round uses the same graph (no schedule, re-drawing, final average or pushes)."""
-        return not (self.schedule or self.dynamic or self.final_average or self.kind in ("epidemic", "peer_sampling"))
+        return not (self.schedule or self.dynamic or self.final_average or self.kind in _PUSHED)
 
 
 class ModelConfig(_Module):

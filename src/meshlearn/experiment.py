@@ -71,8 +71,8 @@ class Experiment:
             held = cfg.evaluation.validation if cfg.evaluation.validation_from == "train" else 0.0
             parts, validations = hold_out_local_tests(parts, held, cfg.data.min_samples, cfg.seed, Stream.VALIDATION)
             labels = functools.cache(lambda: _label_counts(dataset, parts))   # only a data-built overlay asks
-            schedule = TopologySchedule(cfg, None if cfg.topology.kind in ("epidemic", "peer_sampling") else _build_graph(cfg, labels),
-                                        label_counts=labels)
+            pushed = cfg.topology.kind in ("epidemic", "peer_sampling")   # no fixed graph to build
+            schedule = TopologySchedule(cfg, None if pushed else _build_graph(cfg, labels), label_counts=labels)
             for phase in cfg.topology.schedule:   # build (and check) later phases' graphs before training
                 schedule.graph(phase.from_round)
             first = schedule.graph(1)

@@ -11,8 +11,8 @@ the weights w_ij of the senders j that receiver i hears from, plus i's own weigh
 - Epidemic Learning (``kind = "epidemic"``, de Vos et al., NeurIPS 2023): each node pushes
   its model to ``peers`` nodes it picks at random each round, and a receiver averages
   itself with whatever arrived (equal weights);
-- gossip-based peer sampling (``kind = "peer_sampling"``, ``topology.peer_sampling``): each
-  node pushes to ``peers`` nodes of its own partial view, which the nodes keep fresh by
+- gossip-based peer sampling (``kind = "peer_sampling"``, ``meshlearn.topology.peer_sampling``):
+  each node pushes to ``peers`` nodes of its own partial view, which the nodes keep fresh by
   exchanging parts of their views (Jelasity et al. 2007);
 - a schedule of phases (``[[topology.schedule]]``), each from a given round, and an
   optional global average in the last round (``topology.final_average``).
@@ -20,7 +20,7 @@ the weights w_ij of the senders j that receiver i hears from, plus i's own weigh
 Graphs are pure functions of (config, round), so the simulator and every worker of the
 networked engines draw exactly the same ones. Peer sampling's graphs are not: they come
 from the nodes' views, which a networked worker keeps for its own nodes and updates with the
-buffers they exchange (``Worker.graph``); here the schedule plays the protocol for every
+buffers they exchange (``engines.views``); here the schedule plays the protocol for every
 node, which gives the same graphs.
 """
 
