@@ -6,9 +6,12 @@ Every round each online node
 1. ages its descriptors by one and sends its oldest descriptor's node (*tail* selection) a
    buffer of ``view_size // 2`` descriptors: itself at age 0 and a random part of its view,
    its ``healing`` oldest descriptors held back (*push-pull*);
-2. answers every buffer it received with a buffer of its own, then merges what it received
-   into its view (``select``: drop duplicates keeping the youngest, drop up to ``healing``
-   oldest, up to ``swap`` of the head, then random ones, back to ``view_size``).
+2. answers one of the requests it received (drawn at random; the others get an empty, *busy*
+   answer, so that no descriptor is sent in two buffers at once and copied rather than
+   moved) with a buffer of its own, and both sides merge what they received into their
+   views (``select``: drop duplicates keeping the youngest, drop up to ``healing`` oldest,
+   up to ``swap`` of the head, which is what was just sent, then random ones, back to
+   ``view_size``).
 
 A node whose request gets no answer (offline, or its machine is gone) drops that descriptor,
 so the overlay heals around departed nodes. As a topology (``topology.kind = "peer_sampling"``)
@@ -17,7 +20,7 @@ Learning, with what the node knows instead of the whole membership; ``push_links
 
 Nothing here needs more than a node's own view and the buffers it receives, and every
 random draw comes from the node's own stream (seed, node, round), used in a fixed order
-(its request, its answers by requester, its merges by sender). So the protocol is
+(its request, the request it answers, its answer, its merges). So the protocol is
 engine-agnostic: the simulator runs it for every node in one process (``advance``), a
 networked worker runs the same three steps for its own nodes and carries the buffers over
 the transport (``requests``, ``answer``, ``finish``), and both reach the same views.
