@@ -62,8 +62,7 @@ def measure(model: str, nodes: int, steps: int, engine: str) -> dict:
         t1 = time.perf_counter()
         runner.step(rnd)
         rounds.append(time.perf_counter() - t1)
-    extra = runner.close()
-    peak = extra.get("peak_rss_bytes_total", peak_rss_bytes()) if isinstance(extra, dict) else peak_rss_bytes()
+    peak = runner.close().get("peak_rss_bytes_total", peak_rss_bytes())   # processes: launcher and workers
     return {"startup_s": startup, "round_s": rounds[-1], "peak_rss": peak, "flops": flops_per_node_step(experiment)}
 
 

@@ -15,7 +15,7 @@ from meshlearn.config import ConfigError
 from meshlearn.experiment import Experiment
 from meshlearn.results import read_models
 from meshlearn.runner import run_experiment
-from meshlearn.topology.peer_sampling import PeerSampling, push_links
+from meshlearn.topology.peer_sampling import PeerSampling, play_round
 
 
 def overlay(sampling: PeerSampling) -> nx.Graph:
@@ -33,12 +33,12 @@ def test_views_stay_full_connected_and_balanced():
     sampling = PeerSampling(n, seed=1, view_size=view_size)
     most = 0
     for rnd in range(1, 101):
-        links = push_links(sampling, range(n), peers, rnd)
+        before = {i: {j for j, _ in sampling.view(i)} for i in range(n)}
+        links = play_round(sampling, range(n), peers, rnd)
         for i in range(n):
             targets = [dst for src, dst in links if src == i]
             assert len(targets) == len(set(targets)) == peers
-            assert set(targets) <= {j for j, _ in sampling.views[i]}
-        sampling.advance(rnd)
+            assert set(targets) <= before[i]
         for i, view in sampling.views.items():
             ids = [j for j, _ in view]
             assert len(ids) == len(set(ids)) == view_size and i not in ids
@@ -56,12 +56,12 @@ def test_a_departed_node_is_forgotten():
     sampling = PeerSampling(n, seed=2, view_size=8)
     online = np.ones(n, dtype=bool)
     for rnd in range(1, 11):
-        sampling.advance(rnd, online)
+        play_round(sampling, range(n), 2, rnd, online)
     assert sampling.in_views()[5] > 0
     online[5] = False
     before = sampling.views[5]
     for rnd in range(11, 51):
-        sampling.advance(rnd, online)
+        play_round(sampling, range(n), 2, rnd, online)
     assert sampling.in_views()[5] == 0
     assert sampling.views[5] == before
     assert nx.is_connected(overlay(sampling).subgraph(set(range(n)) - {5}))
@@ -77,7 +77,7 @@ def test_round_graphs_come_from_the_views():
     for rnd in range(1, 6):
         views = {i: {j for j, _ in shadow.view(i)} for i in range(16)}
         graph = schedule.graph(rnd)
-        shadow.advance(rnd)
+        play_round(shadow, range(16), 2, rnd)
         for i in range(16):
             assert len(graph.receivers_of(i)) == 2 and set(graph.receivers_of(i).tolist()) <= views[i]
             k = len(graph.senders_of(i))

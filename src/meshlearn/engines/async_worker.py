@@ -123,9 +123,7 @@ class AsyncWorker(AsyncEvents, Worker):
         params = self.nodes.params
         try:
             msg = self._decode(frames, peer)
-            dst, call = msg.meta.get("dst"), msg.meta.get("call", MESSAGE)
-            if type(dst) is not int or dst not in self.row_of:
-                raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
+            dst, call = self._receiver(msg), msg.meta.get("call", MESSAGE)
             if type(call) is not int or call not in (MESSAGE, REQUEST, REPLY):
                 raise wire.MessageError(f"call {call!r} is not a message (0), request (1) or reply (2)")
             if self.links.model.position(dst, msg.src) is None:

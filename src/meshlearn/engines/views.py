@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from meshlearn import wire
-from meshlearn.topology.peer_sampling import ViewBuffer, push_links
-from meshlearn.topology.schedule import RoundGraph, pushed
+from meshlearn.topology.peer_sampling import ViewBuffer, play_round
+from meshlearn.topology.schedule import RoundGraph, sampled
 
 __all__ = ["ViewExchange", "bundle_tensors"]
 
@@ -54,17 +54,13 @@ class ViewExchange:
         availability = worker.experiment.availability
         online = availability.online(rnd) if availability is not None else None
         peers = worker.experiment.config.topology.peers
-        pushes = push_links(self.sampling, worker.local_ids, peers, rnd, online)
-        requests, everyone = self._swap(rnd, 0, self.sampling.requests(rnd, worker.local_ids, online), pushes)
-        replies, _ = self._swap(rnd, 1, self.sampling.answer(requests), [])
-        self.sampling.finish(replies)
-        return pushed(len(worker.owner), [j for j, _ in everyone], [i for _, i in everyone],
-                      f"peer sampling(s={peers})")
+        links = play_round(self.sampling, worker.local_ids, peers, rnd, online, swap=self._swap)
+        return sampled(len(worker.owner), links, peers)
 
     def _swap(self, rnd: int, phase: int, buffers: list[ViewBuffer], pushes: list) -> tuple[list, list]:
         """Send every live worker its bundle of ``buffers`` (those for its nodes) and all the
         ``pushes``; wait for theirs. Returns the buffers for the local nodes and every
-        worker's pushes, in order."""
+        worker's pushes."""
         worker = self.worker
         size = self.sampling.view_size // 2
         workers = sorted(set(np.unique(worker.owner).tolist()) - worker.down)
@@ -91,7 +87,7 @@ class ViewExchange:
         del self.bundles[(rnd, phase)]
         self.done = (rnd, phase)
         got = [bundles[w] for w in sorted(bundles)]
-        return [b for mine, _ in got for b in mine], sorted(p for _, theirs in got for p in theirs)
+        return [b for mine, _ in got for b in mine], [p for _, theirs in got for p in theirs]
 
     def file(self, msg: wire.Message) -> None:
         """Check a bundle (``bundle_tensors``) and keep it for its (round, phase); raises

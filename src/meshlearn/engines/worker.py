@@ -340,6 +340,13 @@ class Worker(NodeHost):
                                     f"worker {int(self.owner[msg.src])} hosts")
         return msg
 
+    def _receiver(self, msg: wire.Message) -> int:
+        """The local node ``msg`` is for; raises ``wire.MessageError``."""
+        dst = msg.meta.get("dst")
+        if type(dst) is not int or dst not in self.row_of:
+            raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
+        return dst
+
     def _accept(self, frames: list, peer: int | None = None) -> None:
         """Decode one message: file it if it belongs to the current exchange, keep it for
         later if it is early (checked against its own exchange's graph then), log bad ones.
@@ -351,9 +358,7 @@ class Worker(NodeHost):
                 if self.views is None:
                     raise wire.MessageError("peer-sampling views in a run without peer sampling")
                 return self.views.file(msg)
-            dst, step = msg.meta.get("dst"), msg.meta.get("step", 0)
-            if type(dst) is not int or dst not in self.row_of:
-                raise wire.MessageError(f"receiver {dst!r} is not a node of this worker")
+            dst, step = self._receiver(msg), msg.meta.get("step", 0)
             if type(step) is not int or step < 0:
                 raise wire.MessageError(f"exchange step {step!r} is not a non-negative integer")
             if msg.kind not in ("model", "lost"):

@@ -21,9 +21,9 @@ Learning, with what the node knows instead of the whole membership; ``push_links
 Nothing here needs more than a node's own view and the buffers it receives, and every
 random draw comes from the node's own stream (seed, node, round), used in a fixed order
 (its request, the request it answers, its answer, its merges). So the protocol is
-engine-agnostic: the simulator runs it for every node in one process (``advance``), a
-networked worker runs the same three steps for its own nodes and carries the buffers over
-the transport (``requests``, ``answer``, ``finish``), and both reach the same views.
+engine-agnostic: ``play_round`` runs the three steps (``requests``, ``answer``, ``finish``) for
+every node in one process on the simulator, and for a worker's own nodes on the networked
+engines, which carry the buffers over the transport; both reach the same views.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 from meshlearn import streams
 from meshlearn.streams import Stream
 
-__all__ = ["PeerSampling", "ViewBuffer", "push_links"]
+__all__ = ["PeerSampling", "ViewBuffer", "push_links", "play_round"]
 
 PUSH_BYTES = 16   # a push link announced to the other hosts: sender and receiver (int64)
 
@@ -134,10 +134,6 @@ class PeerSampling:
             elif len(answered[i].ids):
                 self._merge(answered[i])
 
-    def advance(self, rnd: int, online: np.ndarray | None = None) -> None:
-        """Play round ``rnd`` for every node, in this process."""
-        self.finish(self.answer(self.requests(rnd, range(self.n), online)))
-
     # views
     def _buffer(self, src: int, dst: int) -> ViewBuffer:
         """What ``src`` sends ``dst``: itself (age 0), then the head of its view, which is first
@@ -209,3 +205,17 @@ def push_links(sampling: PeerSampling, nodes, peers: int, rnd: int,
     np.add.at(sampling.sent_bytes, [i for i, _ in out], PUSH_BYTES)
     return out
 
+
+
+def play_round(sampling: PeerSampling, nodes, peers: int, rnd: int, online: np.ndarray | None = None,
+               swap=None) -> list[tuple[int, int]]:
+    """Round ``rnd`` for ``nodes`` (those online): their push links, then the view exchange.
+    ``swap(rnd, phase, buffers, pushes)`` carries a phase's buffers and push links to the
+    other hosts and returns the buffers for ``nodes`` and every host's push links; without it
+    every node is in this process. Returns the round's push links, in order."""
+    swap = swap or (lambda rnd, phase, buffers, pushes: (buffers, pushes))
+    pushes = push_links(sampling, nodes, peers, rnd, online)   # from the views as the round begins
+    requests, pushes = swap(rnd, 0, sampling.requests(rnd, nodes, online), pushes)
+    replies, _ = swap(rnd, 1, sampling.answer(requests), [])
+    sampling.finish(replies)
+    return sorted(pushes)

@@ -36,9 +36,9 @@ import scipy.sparse as sp
 from meshlearn import streams
 from meshlearn.streams import Stream
 from meshlearn.topology import generators, mixing
-from meshlearn.topology.peer_sampling import PeerSampling, push_links
+from meshlearn.topology.peer_sampling import PeerSampling, play_round
 
-__all__ = ["RoundGraph", "TopologySchedule", "epidemic", "pushed"]
+__all__ = ["RoundGraph", "TopologySchedule", "epidemic", "pushed", "sampled"]
 
 
 @dataclass(eq=False)
@@ -155,6 +155,11 @@ def pushed(n: int, senders, receivers, label: str) -> RoundGraph:
     return RoundGraph.from_links(n, receivers, np.asarray(senders, dtype=np.int64), share[receivers], share, label)
 
 
+def sampled(n: int, links: list[tuple[int, int]], peers: int) -> RoundGraph:
+    """The graph of a round's peer-sampling push links (sender, receiver)."""
+    return pushed(n, [j for j, _ in links], [i for _, i in links], f"peer sampling(s={peers})")
+
+
 class TopologySchedule:
     """The communication graph of every round, as the ``[topology]`` config describes it."""
 
@@ -247,15 +252,13 @@ class TopologySchedule:
         if self.sampling is None or self.sampling.round >= rnd:
             self.sampling = self.new_sampling()
         online = (lambda r: self.availability.online(r)) if self.availability is not None else (lambda r: None)
-        nodes, peers = range(self.n), self.cfg.topology.peers
+        peers = self.cfg.topology.peers
         while True:
             r = self.sampling.round + 1
-            links = push_links(self.sampling, nodes, peers, r, online(r))
-            self.sampling.advance(r, online(r))
+            links = play_round(self.sampling, range(self.n), peers, r, online(r))
             if r == rnd:
-                graph = pushed(self.n, [j for j, _ in links], [i for _, i in links], f"peer sampling(s={peers})")
-                self._sampled_graph = (rnd, graph)
-                return graph
+                self._sampled_graph = (rnd, sampled(self.n, links, peers))
+                return self._sampled_graph[1]
 
     def static_graph(self, phase) -> nx.Graph:
         """A fixed phase's graph (from the experiment seed, or its file)."""
