@@ -104,11 +104,9 @@ def _write(entry: Path, data: Dataset, stamps: list[list]) -> None:
         (staging / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(entry, ignore_errors=True)
         os.rename(staging, entry)
-    except FileExistsError:
-        pass   # another process put the same entry there first
     except OSError as exc:
         if not (entry / "meta.json").is_file():
             raise
-        log.debug("data set entry %s was written by another process (%s)", entry, exc)
+        log.debug("data set entry %s was written by another process first (%s)", entry, exc)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
