@@ -45,12 +45,12 @@ class Evaluator:
             held = np.zeros(len(tests), dtype=bool)
             held[streams.generator(seed, Stream.VALIDATION).choice(len(tests), max(1, round(cfg.validation *
                                                                                           len(tests))), replace=False)] = True
-            self.validation = torch.from_numpy(ds.x_test[held]), torch.from_numpy(ds.y_test[held])
+            self.validation = _on(experiment.device, ds.x_test[held], ds.y_test[held])
             tests = tests[~held]
         m = len(tests)
         if 0 < cfg.test_samples < m:
             tests = tests[np.sort(test_rng.choice(m, cfg.test_samples, replace=False))]
-        self.x, self.y = torch.from_numpy(ds.x_test[tests]), torch.from_numpy(ds.y_test[tests])
+        self.x, self.y = _on(experiment.device, ds.x_test[tests], ds.y_test[tests])
         self.experiment = experiment
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.cfg = cfg
@@ -110,12 +110,12 @@ class Evaluator:
     def _samples_of(self, node: int, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A node's held-out samples; a server's validation set is its clients' together."""
         if (kind, node) not in self._own_samples:
-            sets = self.experiment.local_tests if kind == "local test" else self.experiment.validations
+            exp = self.experiment
+            sets = exp.local_tests if kind == "local test" else exp.validations
             idx = np.concatenate(sets) if self.server_only and kind == "validation" else \
                 sets[node] if node < len(sets) else np.zeros(0, dtype=np.int64)
-            ds = self.experiment.dataset
-            self._own_samples[kind, node] = (torch.from_numpy(ds.x_train[idx]), torch.from_numpy(ds.y_train[idx])) \
-                if len(idx) else None
+            ds = exp.dataset
+            self._own_samples[kind, node] = _on(exp.device, ds.x_train[idx], ds.y_train[idx]) if len(idx) else None
         return self._own_samples[kind, node]
 
     def average(self, evaluation: "Evaluation", mean: torch.Tensor) -> None:
@@ -123,6 +123,11 @@ class Evaluator:
         if self.cfg.average_model and not self.server_only:
             acc, loss = self.models(mean.reshape(1, -1).float())
             evaluation.avg_model_acc, evaluation.avg_model_loss = float(acc[0]), float(loss[0])
+
+
+def _on(device: torch.device, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples as tensors where the models are evaluated."""
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
 
 @dataclass

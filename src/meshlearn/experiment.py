@@ -50,6 +50,7 @@ class Experiment:
     validations: list[np.ndarray] = field(default_factory=list)   # validation_from = "train": each node's (x_train rows)
     availability: Availability | None = None   # who is online each round (None: everyone, always)
     training_times: np.ndarray | None = None   # round-based engines: each node's virtual seconds per training
+    device: torch.device = torch.device("cpu")   # where the hosted models, their state and the data live
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> "Experiment":
@@ -95,12 +96,13 @@ class Experiment:
                 raise ConfigError(f"byzantine.attack = {cfg.byzantine.attack!r} poisons class labels, which "
                                   f"data.dataset = {cfg.data.dataset!r} ({dataset.task}) does not have; "
                                   "choose an attack on the messages")
-        batching, chunk = default_batching(model)
+        device = _device(cfg)
+        batching, chunk = default_batching(model, device)
         if cfg.engine.batching != "auto":
             batching = cfg.engine.batching
         experiment = cls(cfg, dataset, parts, graph, first.mixing(), schedule, model, layout, batching,
                          cfg.engine.chunk_size or chunk, byzantine_nodes(cfg, graph), local_tests, validations,
-                         availability, times)
+                         availability, times, device)
         if cfg.sharing.private:
             experiment.shared_columns()   # refuse patterns that do not fit the model before any training
         if cfg.engine.name != "sim":
@@ -119,13 +121,13 @@ class Experiment:
     def initial_params(self, node_ids: list[int]) -> torch.Tensor:
         """(B, P) starting models: one shared initialization, or one per node seeded by its id."""
         if self.config.model.same_init:
-            return self.layout.flatten(self.model).repeat(len(node_ids), 1)
+            return self.layout.flatten(self.model).repeat(len(node_ids), 1).to(self.device)
         rows = []
         with torch.random.fork_rng():  # leave the global generator as it was
             for node in node_ids:
                 torch.manual_seed(streams.seed_of(self.config.seed, Stream.INITIAL_MODEL, node))
                 rows.append(self.layout.flatten(_new_model(self.config, self.dataset)))
-        return torch.stack(rows)
+        return torch.stack(rows).to(self.device)
 
     def honest(self, node_ids) -> np.ndarray:
         """Which of ``node_ids`` are honest (a bool mask)."""
@@ -142,7 +144,7 @@ class Experiment:
                 labels[idx] = attack.labels(labels[idx], self.dataset.num_classes).to(labels.dtype)
         return LocalTrainer(
             copy.deepcopy(self.model), self.layout, cfg.training,
-            torch.from_numpy(self.dataset.x_train), labels,
+            torch.from_numpy(self.dataset.x_train).to(self.device), labels.to(self.device),
             {node: self.parts[node] for node in node_ids}, cfg.seed,
             batching=self.batching, chunk_size=self.chunk_size, dp=cfg.privacy.dp, rounds=cfg.rounds,
             task=self.task,
@@ -246,6 +248,28 @@ def _label_counts(dataset: data.Dataset, parts: list[np.ndarray]) -> np.ndarray:
         raise ValueError(f"topology.kind builds the graph from label histograms, which data.dataset = "
                          f"{dataset.name!r} ({dataset.task}) does not have; choose another topology.kind")
     return np.stack([np.bincount(dataset.y_train[part], minlength=dataset.num_classes) for part in parts])
+
+
+def _device(cfg: ExperimentConfig) -> torch.device:
+    """``engine.device`` resolved on this machine. Accelerators hold the synchronous
+    simulator's nodes; workers and the event-driven simulator train on the CPU."""
+    name = cfg.engine.device
+    cpu_only = cfg.engine.name != "sim" or cfg.algorithm.implementation().asynchronous or cfg.privacy.dp is not None
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if cpu_only:
+        raise ConfigError(f"engine.device = {name!r} holds the nodes of the synchronous simulator (engine.name = "
+                          "'sim', no privacy.dp); this run trains on the CPU: set engine.device = 'cpu' or 'auto'")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"engine.device = {name!r}, but this machine's torch has no CUDA device "
+                          f"(torch {torch.__version__}): set engine.device = 'cpu' or 'auto'")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"engine.device = {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"numbered from 0; choose one of them")
+    return device
 
 
 def _new_model(cfg: ExperimentConfig, dataset: data.Dataset) -> nn.Module:

@@ -21,7 +21,7 @@ def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor,
                     y: torch.Tensor, *, batch_size: int = 1024, chunk_size: int = 16,
                     batched: bool = True, task: Task = TASKS["classification"]) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's metric (accuracy for classification) and mean loss of each row of ``params``
-    (B, P) on (x, y).
+    (B, P) on (x, y), on the CPU (the work runs on the device of ``params`` and the samples).
 
     All models see the same test batch, so the batched path shares the input across nodes
     (``in_dims=(0, None)``): for linear layers that is one large matmul.
@@ -35,8 +35,8 @@ def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor,
 
     batched_forward = vmap(forward, in_dims=(0, None))
     num_models = params.shape[0]
-    score_sum = torch.zeros(num_models, dtype=torch.float64)
-    loss_sum = torch.zeros(num_models, dtype=torch.float64)
+    score_sum = torch.zeros(num_models, dtype=torch.float64, device=params.device)
+    loss_sum = torch.zeros(num_models, dtype=torch.float64, device=params.device)
     for start in range(0, num_models, chunk_size):
         rows = params[start:start + chunk_size]
         for b in range(0, len(y), batch_size):
@@ -48,7 +48,7 @@ def evaluate_models(model: nn.Module, layout: ParamLayout, params: torch.Tensor,
             targets = yb.expand(len(rows), *yb.shape)
             loss_sum[start:start + len(rows)] += task.losses(outputs, targets).sum(1).double()
             score_sum[start:start + len(rows)] += task.scores(outputs, targets).sum(1)
-    return task.metric_of(score_sum / len(y)).float(), (loss_sum / len(y)).float()
+    return task.metric_of(score_sum / len(y)).float().cpu(), (loss_sum / len(y)).float().cpu()
 
 
 @torch.no_grad()

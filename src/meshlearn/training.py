@@ -43,11 +43,15 @@ DEFAULT_SAMPLER = "model"
 _PER_SAMPLE_GRAD_BYTES = 1 << 28
 
 
-def default_batching(model: nn.Module) -> tuple[str, int]:
+def default_batching(model: nn.Module, device: torch.device = torch.device("cpu")) -> tuple[str, int]:
     """(strategy, chunk size) for a model: its class attributes ``batching`` ("vmap" or
     "loop") and ``chunk_size`` where it has them (set by measurement on the built-in models,
-    benchmarks/sim_scaling.py), else vmap over chunks of 16 nodes."""
+    benchmarks/sim_scaling.py), else vmap over chunks of 16 nodes. On an accelerator,
+    ``gpu_batching`` and ``gpu_chunk_size``, else vmap over 256 nodes: a GPU needs large
+    batched kernels, and node-by-node launches of small ones leave it idle."""
     cls = type(model)
+    if device.type != "cpu":
+        return getattr(cls, "gpu_batching", "vmap"), int(getattr(cls, "gpu_chunk_size", 256))
     return getattr(cls, "batching", "vmap"), int(getattr(cls, "chunk_size", 16))
 
 
@@ -181,7 +185,7 @@ class Adam(Optimizer):
     def init_state(self, nodes: NodeBatch) -> None:
         nodes.state["exp_avg"] = torch.zeros_like(nodes.params)
         nodes.state["exp_avg_sq"] = torch.zeros_like(nodes.params)
-        nodes.state["adam_step"] = torch.zeros(len(nodes), dtype=torch.float64)
+        nodes.state["adam_step"] = torch.zeros(len(nodes), dtype=torch.float64, device=nodes.params.device)
 
     def update(self, params, grads, state) -> None:
         p = self.views(params)
@@ -332,14 +336,11 @@ class LocalTrainer:
                 for key, value in sub.state.items():
                     nodes.state[key][rows] = value
             return losses
-        losses = torch.zeros(len(nodes))
         ids = nodes.ids.tolist()
-        for start in range(0, len(ids), self.chunk_size):
-            chunk = slice(start, min(start + self.chunk_size, len(ids)))
-            losses[chunk] = self._train_chunk(ids[chunk], nodes.params[chunk],
-                                              {k: v[chunk] for k, v in nodes.state.items()},
-                                              None if anchor is None else anchor[chunk])
-        return losses
+        losses = [self._train_chunk(ids[chunk], nodes.params[chunk], {k: v[chunk] for k, v in nodes.state.items()},
+                                    None if anchor is None else anchor[chunk])
+                  for chunk in (slice(start, start + self.chunk_size) for start in range(0, len(ids), self.chunk_size))]
+        return torch.cat(losses).cpu() if losses else torch.zeros(0)
 
     def _train_chunk(self, ids: list[int], params: torch.Tensor, state: dict[str, torch.Tensor],
                      anchor: torch.Tensor | None) -> torch.Tensor:
@@ -348,21 +349,23 @@ class LocalTrainer:
         samplers = self._samplers()
         index = np.stack([_pad_steps(samplers[node].next_batches(s), total)
                           for node, s in zip(ids, steps)], axis=1)  # (steps, c, batch)
+        device = params.device
         index = torch.from_numpy(index)
-        xs, ys = self.x_train[index], self.y_train[index]  # step-major: each step's inputs are contiguous
-        steps_t = torch.tensor(steps)
-        loss_sum = torch.zeros(len(ids))
+        on_device = index.to(device, non_blocking=True)
+        xs, ys = self.x_train[on_device], self.y_train[on_device]  # step-major: each step's inputs are contiguous
+        steps_t = torch.tensor(steps, device=device)
+        loss_sum = torch.zeros(len(ids), device=device)
         for step in range(total):
-            active = steps_t > step
+            active = steps_t > step if step >= min(steps) else None   # None: every node of the chunk steps
             if self.batching == "vmap":
                 loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step], anchor)
             else:
-                loss = torch.zeros(len(ids))
-                for i in torch.nonzero(active).flatten().tolist():  # nodes done with their epochs rest
+                loss = torch.zeros(len(ids), device=device)
+                for i in [i for i, s in enumerate(steps) if s > step]:  # nodes done with their epochs rest
                     loss[i] = self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
                                               xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1],
                                               None if anchor is None else anchor[i:i + 1])
-            loss_sum += torch.where(active, loss, 0.0)
+            loss_sum += loss if active is None else torch.where(active, loss, 0.0)
         return loss_sum / steps_t
 
     def _vmap_step(self, params, state, x, y, active, ids, index, anchor) -> torch.Tensor:

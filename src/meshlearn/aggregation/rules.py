@@ -88,7 +88,7 @@ def _clipped_step(own: torch.Tensor, differences: torch.Tensor, distances: torch
 def _ranks(order: torch.Tensor) -> torch.Tensor:
     """Each slot's position in ``order`` (a permutation per row, as argsort gives)."""
     ranks = torch.empty_like(order)
-    return ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    return ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
 
 
 def _descending(distances: torch.Tensor, mask: torch.Tensor) -> torch.return_types.sort:
@@ -134,7 +134,7 @@ class TrimmedMean(Aggregator):
     def aggregate(self, own: torch.Tensor, got: Received, rnd: int) -> torch.Tensor:
         ordered, count = _sorted_counted(*_neighbourhood(own, got))
         trimmed = ((count - 1).clamp_min(0) // 2).clamp_max(self.trim)
-        position = torch.arange(ordered.shape[1])
+        position = torch.arange(ordered.shape[1], device=ordered.device)
         kept = (position >= trimmed.unsqueeze(1)) & (position < (count - trimmed).unsqueeze(1))
         total = torch.where(kept.unsqueeze(-1), ordered, 0.0).sum(1)
         mean = total / (count - 2 * trimmed).clamp_min(1).unsqueeze(1)
@@ -167,10 +167,10 @@ class Krum(Aggregator):
         gram = torch.bmm(centred, centred.transpose(1, 2))
         norms = gram.diagonal(dim1=1, dim2=2)
         squared = (norms.unsqueeze(2) + norms.unsqueeze(1) - 2 * gram).clamp_min(0)
-        others = counted.unsqueeze(1) & ~torch.eye(slots, dtype=torch.bool)
+        others = counted.unsqueeze(1) & ~torch.eye(slots, dtype=torch.bool, device=counted.device)
         closest = squared.masked_fill(~others, math.inf).sort(dim=2).values
         nearest = torch.minimum((count - self.f - 2).clamp_min(1), (count - 1).clamp_min(0))
-        position = torch.arange(slots)
+        position = torch.arange(slots, device=counted.device)
         score = torch.where(position < nearest.view(-1, 1, 1), closest, 0.0).sum(2)
         score = score.masked_fill(~counted, math.inf)
         chosen = counted & (_ranks(score.argsort(dim=1, stable=True)) < self.m)

@@ -114,7 +114,7 @@ class ParameterServer(FedAvg):
 
     def setup(self, nodes: NodeBatch, experiment) -> None:
         super().setup(nodes, experiment)
-        self.velocity = torch.zeros(nodes.params.shape[1])   # used by the process hosting the server
+        self.velocity = torch.zeros(nodes.params.shape[1], device=nodes.params.device)   # used by the process hosting the server
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "velocity": self.velocity}

@@ -139,7 +139,7 @@ class NodeHost:
             if name in self.nodes.state and self.nodes.state[name].shape == value.shape:
                 self.nodes.state[name].copy_(value)
             else:
-                self.nodes.state[name] = value.clone()
+                self.nodes.state[name] = value.to(self.nodes.params.device, copy=True)
         self.last_loss.copy_(state["last_loss"])
         for mine, saved in ((self.bytes_sent, state["bytes_sent"]), (self.header_bytes, state["header_bytes"]),
                             *((self.counters.setdefault(name, np.zeros_like(v)), v)

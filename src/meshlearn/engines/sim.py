@@ -3,9 +3,9 @@
 Parameters of all N nodes form one (N, P) matrix; local training runs batched over chunks
 of nodes (``training.LocalTrainer``), and message delivery is implicit: every payload is
 already in memory, so a receiver's weighted sum over its senders is one sparse product
-W_offdiag @ X for all receivers at once (scipy CSR, zero-copy through numpy). Bytes are
-still accounted exactly: each node is charged, per neighbour, the size of the wire message
-(``wire``) a real transport would send.
+W_offdiag @ X for all receivers at once (scipy CSR, zero-copy through numpy; cuSPARSE when
+the models live on a GPU, ``engine.device``). Bytes are still accounted exactly: each node
+is charged, per neighbour, the size of the wire message (``wire``) a real transport would send.
 """
 
 from __future__ import annotations
@@ -56,8 +56,13 @@ class SimInbox(Inbox):
         w = self.weights
         if self.sources is not None:
             w = sp.csr_matrix((w.data, self.sources, w.indptr), shape=(w.shape[0], flat.shape[0]))
-        out = w @ flat.detach().numpy()
-        return torch.from_numpy(np.ascontiguousarray(out)).reshape(w.shape[0], *dense.shape[1:])
+        if flat.device.type == "cpu":
+            out = torch.from_numpy(np.ascontiguousarray(w @ flat.detach().numpy()))
+        else:   # cuSPARSE: the models never leave the device
+            out = torch.sparse_csr_tensor(torch.from_numpy(w.indptr), torch.from_numpy(w.indices),
+                                          torch.from_numpy(w.data.astype(np.float32, copy=False)), size=w.shape,
+                                          device=flat.device) @ flat.detach()
+        return out.reshape(w.shape[0], *dense.shape[1:])
 
     def by_receiver(self, decode: Callable[[Payload], torch.Tensor],
                     chunk_nodes: int | None = None) -> Iterator[Received]:

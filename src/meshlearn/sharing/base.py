@@ -104,18 +104,19 @@ def received_chunks(indptr: np.ndarray, senders: np.ndarray, weights: np.ndarray
         w[slot] = weights[lo:hi]
         index = np.zeros(b * k, dtype=np.int64)
         index[slot] = source_rows[lo:hi]
-        mask = torch.from_numpy(ids >= 0)
+        mask = torch.from_numpy(ids >= 0).to(source.device)
         if buffer is None or buffer.numel() < b * k * size:
             buffer = source.new_empty(b * k * size)
         values = buffer[:b * k * size].view(b * k, *shape)
         if len(source):
-            torch.index_select(source, 0, torch.from_numpy(index), out=values)
-            if not mask.all():
-                values.index_fill_(0, torch.from_numpy(np.flatnonzero(ids < 0)), 0)
+            torch.index_select(source, 0, torch.from_numpy(index).to(source.device), out=values)
+            if (ids < 0).any():
+                values.index_fill_(0, torch.from_numpy(np.flatnonzero(ids < 0)).to(source.device), 0)
         else:
             values.zero_()
-        yield Received(torch.arange(r0, r1), torch.from_numpy(ids).view(b, k), torch.from_numpy(w).view(b, k),
-                       mask.view(b, k), values.view(b, k, *shape), self_weight[r0:r1])
+        yield Received(torch.arange(r0, r1), torch.from_numpy(ids).view(b, k).to(source.device),
+                       torch.from_numpy(w).view(b, k).to(source.device), mask.view(b, k), values.view(b, k, *shape),
+                       self_weight[r0:r1].to(source.device))
 
 
 def _chunk_bounds(degree: np.ndarray, per_value: int, chunk_nodes: int | None) -> Iterator[tuple[int, int]]:
@@ -223,7 +224,7 @@ def dense_average(params: torch.Tensor, inbox: Inbox,
                   decode: Callable[[Payload], torch.Tensor]) -> torch.Tensor:
     """x_i ← w_ii x_i + Σ_j w_ij decode(payload_j): gossip averaging of whole models."""
     mixed = inbox.weighted_sum(decode)
-    return mixed.addcmul_(params, inbox.self_weight.to(mixed.dtype).unsqueeze(1))
+    return mixed.addcmul_(params, inbox.self_weight.to(mixed.device, mixed.dtype).unsqueeze(1))
 
 
 def partial_average(params: torch.Tensor, inbox: Inbox,
@@ -238,7 +239,7 @@ def partial_average(params: torch.Tensor, inbox: Inbox,
     """
     size = params.shape[1]
     summed = inbox.weighted_sum(lambda payload: torch.cat(decode(payload), dim=1))
-    weight = inbox.self_weight.to(summed.dtype).unsqueeze(1)
+    weight = inbox.self_weight.to(summed.device, summed.dtype).unsqueeze(1)
     numerator = summed[:, :size].addcmul_(params, weight)
     denominator = summed[:, size:].add_(weight)
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30), params)
