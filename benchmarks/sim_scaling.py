@@ -89,12 +89,16 @@ def run_worker(mode: str, model: str, nodes: int, rounds: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n)
+def matmul_gflops(n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """GFLOP/s of an n×n fp32 matrix product on ``device`` (the training's ceiling)."""
+    a = torch.randn(n, n, device=device)
     a @ a
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ a
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 

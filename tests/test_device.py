@@ -54,7 +54,9 @@ def test_sim_on_device_matches_reference_loop(device, overrides):
     {"aggregation": {"name": "trimmed_mean", "options": {"trim": 1}}},
     {"availability": {"model": "sessions", "mean_online": 3, "mean_offline": 1}},
     {"algorithm__name": "ditto", "algorithm__lam": 0.1, "evaluation__local_test": 0.2},
-], ids=["dpsgd", "trimmed-mean", "churn", "ditto"])
+    {"sharing": {"name": "topk", "options": {"fraction": 0.1, "support": "bitmask"}}},
+    {"sharing": {"name": "choco", "options": {"compressor": {"name": "qsgd", "options": {"levels": 3}}}}},
+], ids=["dpsgd", "trimmed-mean", "churn", "ditto", "topk-bitmask", "choco-qsgd"])
 def test_whole_run_on_cuda_matches_cpu(tmp_path, overrides):
     records = {}
     for device in ("cpu", "cuda"):

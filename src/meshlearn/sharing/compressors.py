@@ -73,12 +73,12 @@ def encode_support(idx: torch.Tensor, size: int, support: str = "smaller") -> Pa
     if not _uses_bitmask(idx.shape[1], size, support):
         return {"indices": idx.to(_index_dtype(size))}
     mask = _mask_of(idx, size)
-    return {"bitmask": torch.from_numpy(np.packbits(mask.numpy(), axis=1, bitorder="little"))}
+    return {"bitmask": torch.from_numpy(np.packbits(mask.cpu().numpy(), axis=1, bitorder="little")).to(idx.device)}
 
 
 def _mask_of(idx: torch.Tensor, size: int) -> torch.Tensor:
     """(S, size) bool rows, true at each row's (S, k) indices."""
-    return torch.zeros(idx.shape[0], size, dtype=torch.bool).scatter_(1, idx, True)
+    return torch.zeros(idx.shape[0], size, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
 
 
 def _expect(payload: Payload, name: str, shape: tuple[int, ...], dtype: torch.dtype,
@@ -111,7 +111,8 @@ def decode_support(payload: Payload, k: int, size: int, support: str = "smaller"
             raise MessageError(f"indices must be increasing and in [0, {size})")
         return _mask_of(idx, size)
     packed = _expect(payload, "bitmask", (math.ceil(size / 8),), torch.uint8)
-    mask = torch.from_numpy(np.unpackbits(packed.numpy(), axis=1, count=size, bitorder="little").view(bool))
+    mask = torch.from_numpy(np.unpackbits(packed.cpu().numpy(), axis=1, count=size, bitorder="little").view(bool))
+    mask = mask.to(packed.device)
     if (mask.sum(1) != k).any():
         raise MessageError(f"bitmask must select exactly {k} coordinates per sender")
     return mask
@@ -119,7 +120,7 @@ def decode_support(payload: Payload, k: int, size: int, support: str = "smaller"
 
 def scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Dense (S, size) rows with each row's values at its mask, in increasing index order."""
-    dense = torch.zeros(mask.shape, dtype=values.dtype)
+    dense = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
     dense[mask] = values.reshape(-1)
     return dense
 
@@ -128,16 +129,16 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """(B, n) uint8 codes below 2**bits → (B, ceil(n·bits/8)) bytes, little-endian bit order."""
     if bits == 8:
         return codes
-    planes = np.unpackbits(codes.numpy()[..., None], axis=-1, count=bits, bitorder="little")
-    return torch.from_numpy(np.packbits(planes.reshape(codes.shape[0], -1), axis=1, bitorder="little"))
+    planes = np.unpackbits(codes.cpu().numpy()[..., None], axis=-1, count=bits, bitorder="little")
+    return torch.from_numpy(np.packbits(planes.reshape(codes.shape[0], -1), axis=1, bitorder="little")).to(codes.device)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of ``pack_bits``: (S, n) uint8 codes."""
     if bits == 8:
         return packed
-    planes = np.unpackbits(packed.numpy(), axis=1, count=n * bits, bitorder="little")
-    return torch.from_numpy(np.packbits(planes.reshape(-1, n, bits), axis=-1, bitorder="little")[..., 0])
+    planes = np.unpackbits(packed.cpu().numpy(), axis=1, count=n * bits, bitorder="little")
+    return torch.from_numpy(np.packbits(planes.reshape(-1, n, bits), axis=-1, bitorder="little")[..., 0]).to(packed.device)
 
 
 class Compressor:
@@ -276,7 +277,7 @@ class Fpzip(Compressor):
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) increasing indices of each row's k largest |scores|."""
     if k == scores.shape[1]:
-        return torch.arange(k).expand(scores.shape[0], k).contiguous()
+        return torch.arange(k, device=scores.device).expand(scores.shape[0], k).contiguous()
     return scores.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
@@ -304,7 +305,7 @@ class RandomK(_Sparsifier):
 
     def compress(self, rows, ids, rnd):
         seeds = round_seeds(self.seed, ids, rnd, Stream.RANDOM_K)
-        idx = self._from_seeds(seeds)
+        idx = self._from_seeds(seeds).to(rows.device)
         if self.indices == "explicit":
             return self.payload(rows, idx)
         return {"seed": torch.tensor(seeds, dtype=torch.int64), "values": rows.gather(1, idx)}
@@ -315,7 +316,7 @@ class RandomK(_Sparsifier):
         seeds = _expect(payload, "seed", (), torch.int64)
         if (seeds < 0).any():
             raise MessageError("random-k seeds must be non-negative")
-        return _mask_of(self._from_seeds(seeds.tolist()), self.size)
+        return _mask_of(self._from_seeds(seeds.tolist()).to(seeds.device), self.size)
 
 
 class _Bucketed(Compressor):
