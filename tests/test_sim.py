@@ -47,6 +47,25 @@ def test_cnn_matches_reference_loop():
     assert (sim.nodes.params - ref.params()).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("overrides", [
+    {"model__name": "tests_models:TinyConv", "model__options": {}},
+    {"training__optimizer": "adam", "training__lr": 1e-3, "training__local_epochs": 0.5, "training__local_steps": None},
+], ids=["conv", "adam-epochs"])
+def test_loop_batching_on_several_threads_gives_the_same_models(overrides):
+    # loop batching spreads the nodes over one thread per intra-op thread: same models as one thread
+    cfg = small_config(**overrides, engine__batching="loop", engine__chunk_size=5)
+    models = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        sim = SimEngine(Experiment.build(cfg))
+        for rnd in range(1, 3):
+            sim.run_round(rnd)
+        models[threads] = sim.nodes.params.clone()
+        assert sorted(sim.trainer._pools) == ([2] if threads == 2 else [])   # the threads did train
+    assert torch.equal(models[1], models[2])
+    assert torch.get_num_threads() == 2   # the caller's setting is back
+
+
 def test_mixing_preserves_average_and_reaches_consensus():
     cfg = small_config(training__lr=1e-9)  # essentially no training: pure gossip
     exp = Experiment.build(cfg)

@@ -16,8 +16,11 @@ With ``privacy.dp`` set, each step instead computes per-sample gradients (``vmap
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -241,12 +244,23 @@ class LocalTrainer:
                                        {node: rounds * steps for node, steps in self._steps.items()})
             per_node_bytes = 4 * cfg.batch_size * layout.size
             self.chunk_size = max(1, min(self.chunk_size, _PER_SAMPLE_GRAD_BYTES // per_node_bytes))
+        self._threads = threading.local()   # each training thread's copy of the model structure
+        self._pools: dict[int, ThreadPoolExecutor] = {}   # loop batching's threads, by their number
         self._batched_forward = vmap(self._forward)
         self._sample_grads = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))  # (batch, *shape)
         self._batched_sample_grads = vmap(self._sample_grads)                             # (c, batch, *shape)
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, params, (x,))
+        return functional_call(self._module(), params, (x,))
+
+    def _module(self) -> nn.Module:
+        """The model's structure for the calling thread: ``functional_call`` swaps the weights
+        into the module, so threads that train at once each need their own (a copy on the meta
+        device holds no weights)."""
+        module = getattr(self._threads, "model", None)
+        if module is None:
+            module = self._threads.model = copy.deepcopy(self.model)
+        return module
 
     def _sample_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of one sample (DP needs each sample's own gradient)."""
@@ -353,20 +367,47 @@ class LocalTrainer:
         index = torch.from_numpy(index)
         on_device = index.to(device, non_blocking=True)
         xs, ys = self.x_train[on_device], self.y_train[on_device]  # step-major: each step's inputs are contiguous
+        if self.batching != "vmap":
+            return self._loop_chunk(ids, params, state, xs, ys, index, steps, anchor)
         steps_t = torch.tensor(steps, device=device)
         loss_sum = torch.zeros(len(ids), device=device)
         for step in range(total):
             active = steps_t > step if step >= min(steps) else None   # None: every node of the chunk steps
-            if self.batching == "vmap":
-                loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step], anchor)
-            else:
-                loss = torch.zeros(len(ids), device=device)
-                for i in [i for i, s in enumerate(steps) if s > step]:  # nodes done with their epochs rest
-                    loss[i] = self._node_step(params[i:i + 1], {k: v[i:i + 1] for k, v in state.items()},
-                                              xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1],
-                                              None if anchor is None else anchor[i:i + 1])
+            loss = self._vmap_step(params, state, xs[step], ys[step], active, ids, index[step], anchor)
             loss_sum += loss if active is None else torch.where(active, loss, 0.0)
         return loss_sum / steps_t
+
+    def _loop_chunk(self, ids, params, state, xs, ys, index, steps, anchor) -> torch.Tensor:
+        """Node by node ("loop" batching): each node takes all its steps in turn, and the nodes
+        are spread over one thread per intra-op thread of torch, each running its ops on one
+        core. Small convolutions keep a core busier this way than split over all cores
+        (benchmarks/throughput.py); nodes are independent, so the results are the same."""
+
+        def train_node(i: int) -> torch.Tensor:
+            if workers > 1 and torch.get_num_threads() > 1:
+                torch.set_num_threads(1)   # this thread's ops on its own core (a setting of each thread)
+            # rows of their own: views of the chunk would share autograd's version counter with
+            # the rows other threads update meanwhile
+            row, own = params[i:i + 1].clone(), {k: v[i:i + 1].clone() for k, v in state.items()}
+            pull = None if anchor is None else anchor[i:i + 1]
+            loss = sum(self._node_step(row, own, xs[step, i], ys[step, i], ids[i:i + 1], index[step, i:i + 1], pull)
+                       for step in range(steps[i]))
+            params[i:i + 1] = row
+            for key, value in own.items():
+                state[key][i:i + 1] = value
+            return loss / steps[i]
+
+        threads = torch.get_num_threads()
+        serial = self.privacy is not None or params.device.type != "cpu"   # DP's noise streams; a GPU's queue
+        workers = 1 if serial else min(threads, len(ids))
+        if workers == 1:
+            return torch.stack([train_node(i) for i in range(len(ids))])
+        if workers not in self._pools:
+            self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="meshlearn-train")
+        try:
+            return torch.stack(list(self._pools[workers].map(train_node, range(len(ids)))))
+        finally:
+            torch.set_num_threads(threads)
 
     def _vmap_step(self, params, state, x, y, active, ids, index, anchor) -> torch.Tensor:
         """One step of every node in the chunk: batched forward, one backward of the summed
