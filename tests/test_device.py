@@ -2,6 +2,8 @@
 accelerator give the CPU's results within float tolerance. The device is a parameter: the
 CUDA cases run where torch has CUDA and skip elsewhere."""
 
+import json
+
 import pytest
 import torch
 
@@ -62,6 +64,7 @@ def test_whole_run_on_cuda_matches_cpu(tmp_path, overrides):
     for device in ("cpu", "cuda"):
         run_experiment(small_config(**overrides, engine__device=device), tmp_path / device)
         records[device] = read_jsonl(tmp_path / device / "rounds.jsonl")
+        assert json.loads((tmp_path / device / "summary.json").read_text())["device"].startswith(device)
     assert len(records["cpu"]) == len(records["cuda"]) > 1
     for cpu, cuda in zip(records["cpu"], records["cuda"]):
         assert cpu["bytes_sent_per_node"] == cuda["bytes_sent_per_node"]

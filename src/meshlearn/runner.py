@@ -158,7 +158,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, on_round, callbacks: list[C
         "name": cfg.name, "status": "running", "engine": cfg.engine.name, "run_id": run_id,
         "nodes": cfg.nodes, "rounds": cfg.rounds, "rounds_completed": 0, "seed": cfg.seed,
         "model": cfg.model.name, "parameters": experiment.layout.size,
-        "batching": experiment.batching, "chunk_size": experiment.chunk_size,
+        "batching": experiment.batching, "chunk_size": experiment.chunk_size, "device": str(experiment.device),
         "started": _now(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__,
     }
