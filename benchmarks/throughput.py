@@ -18,6 +18,7 @@ in under an hour (the "1000 rounds" column).
     python benchmarks/throughput.py [--models logreg,mlp,lenet,femnist_cnn] [--nodes 16,64,256,1024]
                                     [--engines sim,processes] [--steps 10] [--device cpu|cuda]
                                     [--shape 1,28,28] [--batching auto|vmap|loop] [--chunk-size N]
+                                    [--timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--shape", default="1,28,28", help="input shape of the synthetic samples")
     parser.add_argument("--batching", default="auto", help="engine.batching: auto, vmap or loop")
     parser.add_argument("--chunk-size", type=int, default=0, help="engine.chunk_size (0: the model's)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a configuration may take")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -115,8 +117,12 @@ def main() -> None:
                     spec = {"model": model, "nodes": nodes, "steps": args.steps, "engine": engine,
                             "device": device if engine == "sim" else "cpu", "batching": args.batching,
                             "chunk_size": args.chunk_size, "shape": [int(d) for d in args.shape.split(",")]}
-                    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)],
-                                         capture_output=True, text=True, env=env)
+                    try:
+                        out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)],
+                                             capture_output=True, text=True, env=env, timeout=args.timeout)
+                    except subprocess.TimeoutExpired:
+                        print(f"{model:<12}{nodes:>6} {engine:<10} took over {args.timeout:.0f} s", flush=True)
+                        continue
                     if out.returncode:
                         lines = out.stderr.strip().splitlines() or ["no output"]
                         print(f"{model:<12}{nodes:>6} {engine:<10} failed: {lines[-1]}", flush=True)
