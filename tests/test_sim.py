@@ -52,8 +52,9 @@ def test_cnn_matches_reference_loop():
     {"training__optimizer": "adam", "training__lr": 1e-3, "training__local_epochs": 0.5, "training__local_steps": None},
 ], ids=["conv", "adam-epochs"])
 def test_loop_batching_on_several_threads_gives_the_same_models(overrides):
-    # loop batching spreads the nodes over one thread per intra-op thread: same models as one thread
-    cfg = small_config(**overrides, engine__batching="loop", engine__chunk_size=5)
+    # loop batching spreads the nodes over one thread per intra-op thread: same models as one
+    # thread (chunks of 7 and of 1 node)
+    cfg = small_config(**overrides, engine__batching="loop", engine__chunk_size=7)
     models = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -64,6 +65,20 @@ def test_loop_batching_on_several_threads_gives_the_same_models(overrides):
         assert sorted(sim.trainer._pools) == ([2] if threads == 2 else [])   # the threads did train
     assert torch.equal(models[1], models[2])
     assert torch.get_num_threads() == 2   # the caller's setting is back
+
+
+def test_a_model_with_dropout_trains_its_nodes_in_turn_and_repeats():
+    # dropout draws the global generator: threads would draw it in no set order
+    torch.set_num_threads(2)
+    cfg = small_config(model__name="tests_models:DropoutConv", model__options={})
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        sim = SimEngine(Experiment.build(cfg))
+        sim.run_round(1)
+        models.append(sim.nodes.params)
+        assert sim.experiment.batching == "loop" and not sim.trainer._pools
+    assert torch.equal(*models)
 
 
 def test_mixing_preserves_average_and_reaches_consensus():
@@ -104,3 +119,23 @@ def test_same_seed_same_models_other_seed_differs():
     c, _ = run_both(small_config(seed=4), rounds=2)
     assert torch.equal(a.nodes.params, b.nodes.params)
     assert not torch.allclose(a.nodes.params, c.nodes.params)
+
+
+def test_identical_models_are_evaluated_once_with_the_same_figures(monkeypatch):
+    from meshlearn import evaluation, metrics
+
+    exp = Experiment.build(small_config())
+    evaluator = evaluation.Evaluator(exp)
+    same = exp.initial_params(list(range(exp.num_nodes)))   # model.same_init: round 0's models
+    calls = []
+    evaluate = metrics.evaluate_models
+    monkeypatch.setattr(metrics, "evaluate_models", lambda model, layout, params, *a, **k: (
+        calls.append(len(params)), evaluate(model, layout, params, *a, **k))[1])
+    acc, loss = evaluator.models(same)
+    assert calls == [1]
+    expected = evaluate(evaluator.model, exp.layout, same, evaluator.x, evaluator.y, task=exp.task)
+    assert torch.allclose(acc, expected[0]) and torch.allclose(loss, expected[1], atol=1e-6)
+    different = same.clone()
+    different[3] += 0.1
+    evaluator.models(different)
+    assert calls == [1, len(same)]   # models that differ are each evaluated

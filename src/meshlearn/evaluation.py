@@ -22,6 +22,10 @@ from meshlearn.streams import Stream
 __all__ = ["Evaluator", "RoundReport", "round_record"]
 
 
+_DEVICE_EVAL_SAMPLES = 1 << 14
+"""On an accelerator, models × test samples evaluated at once (16 models on batches of 1024)."""
+
+
 class Evaluator:
     """Evaluates a fixed sample of nodes on a fixed sample of the test set (both reported)."""
 
@@ -65,8 +69,14 @@ class Evaluator:
         """(accuracy, loss) of each row of ``params`` on the test sample (or ``samples``)."""
         exp = self.experiment
         x, y = samples or (self.x, self.y)
+        if len(params) > 1 and torch.equal(params[1], params[0]) and bool((params == params[0]).all()):
+            # one model for all (round 0 with model.same_init): evaluated once
+            acc, loss = self.models(params[:1], samples)
+            return acc.expand(len(params)).clone(), loss.expand(len(params)).clone()
+        # a GPU trains hundreds of nodes per call, but their activations on a whole test batch would not fit
+        chunk = exp.chunk_size if exp.device.type == "cpu" else max(1, _DEVICE_EVAL_SAMPLES // self.cfg.batch_size)
         return metrics.evaluate_models(self.model, exp.layout, params, x, y,
-                                       batch_size=self.cfg.batch_size, chunk_size=exp.chunk_size,
+                                       batch_size=self.cfg.batch_size, chunk_size=chunk,
                                        batched=exp.batching == "vmap", task=exp.task)
 
     def local(self, ids: torch.Tensor, params: torch.Tensor) -> "Evaluation":

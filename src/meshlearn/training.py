@@ -246,6 +246,9 @@ class LocalTrainer:
             self.chunk_size = max(1, min(self.chunk_size, _PER_SAMPLE_GRAD_BYTES // per_node_bytes))
         self._threads = threading.local()   # each training thread's copy of the model structure
         self._pools: dict[int, ThreadPoolExecutor] = {}   # loop batching's threads, by their number
+        # nodes on threads draw the global generator in no set order: not with DP's noise or dropout
+        self._threaded = self.privacy is None and not any(isinstance(m, nn.modules.dropout._DropoutNd)
+                                                           for m in model.modules())
         self._batched_forward = vmap(self._forward)
         self._sample_grads = vmap(grad_and_value(self._sample_loss), in_dims=(None, 0, 0))  # (batch, *shape)
         self._batched_sample_grads = vmap(self._sample_grads)                             # (c, batch, *shape)
@@ -302,7 +305,7 @@ class LocalTrainer:
         if columns is not None:
             frozen = torch.ones(self.layout.size, dtype=torch.bool)
             frozen[columns] = False
-            frozen = torch.nonzero(frozen).flatten()
+            frozen = torch.nonzero(frozen).flatten().to(nodes.params.device)
         outer, self._how = self._how, _How(frozen, mu if anchor is not None else 0.0, sampler)
         try:
             return self._train(nodes, active, anchor)
@@ -381,11 +384,14 @@ class LocalTrainer:
         """Node by node ("loop" batching): each node takes all its steps in turn, and the nodes
         are spread over one thread per intra-op thread of torch, each running its ops on one
         core. Small convolutions keep a core busier this way than split over all cores
-        (benchmarks/throughput.py); nodes are independent, so the results are the same."""
+        (benchmarks/throughput.py); nodes are independent, so the results are the same. With
+        DP or dropout (random draws in an order threads would not keep) nodes train in turn."""
+        threads = torch.get_num_threads()
+        threaded = self._threaded and params.device.type == "cpu"   # a GPU has one queue
 
         def train_node(i: int) -> torch.Tensor:
-            if workers > 1 and torch.get_num_threads() > 1:
-                torch.set_num_threads(1)   # this thread's ops on its own core (a setting of each thread)
+            if threaded and torch.get_num_threads() > 1:
+                torch.set_num_threads(1)   # this node's ops on one core (a setting of each thread)
             # rows of their own: views of the chunk would share autograd's version counter with
             # the rows other threads update meanwhile
             row, own = params[i:i + 1].clone(), {k: v[i:i + 1].clone() for k, v in state.items()}
@@ -397,14 +403,12 @@ class LocalTrainer:
                 state[key][i:i + 1] = value
             return loss / steps[i]
 
-        threads = torch.get_num_threads()
-        serial = self.privacy is not None or params.device.type != "cpu"   # DP's noise streams; a GPU's queue
-        workers = 1 if serial else min(threads, len(ids))
-        if workers == 1:
-            return torch.stack([train_node(i) for i in range(len(ids))])
-        if workers not in self._pools:
-            self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="meshlearn-train")
+        workers = min(threads, len(ids)) if threaded else 1
         try:
+            if workers == 1:   # one core, or a chunk of one node (on one core too: the same models whatever the chunks)
+                return torch.stack([train_node(i) for i in range(len(ids))])
+            if workers not in self._pools:
+                self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="meshlearn-train")
             return torch.stack(list(self._pools[workers].map(train_node, range(len(ids)))))
         finally:
             torch.set_num_threads(threads)

@@ -184,7 +184,7 @@ class STC(FedAvg):
         clients = self.clients(rnd)
         _, up = self.graphs(clients)
         ids = nodes.ids.numpy()
-        sampled, server = torch.from_numpy(np.isin(ids, clients)), torch.from_numpy(ids == SERVER)
+        sampled, server = torch.from_numpy(np.isin(ids, clients)), torch.from_numpy(ids == SERVER).to(nodes.params.device)
         start = nodes.params.clone()
         loss = ctx.train(nodes, sampled)
         residual = nodes.state["stc_residual"]

@@ -66,8 +66,8 @@ class PENS(Algorithm):
         super().setup(nodes, experiment)
         self.model = copy.deepcopy(experiment.model).to("meta")
         self.layout = experiment.layout
-        self.x = torch.from_numpy(experiment.dataset.x_train)
-        self.y = torch.from_numpy(experiment.dataset.y_train)
+        self.x = torch.from_numpy(experiment.dataset.x_train).to(experiment.device)
+        self.y = torch.from_numpy(experiment.dataset.y_train).to(experiment.device)
         self.task = experiment.task
         probes = []   # `probe` samples per node: a shuffle of its own, repeated if it has fewer
         for node in nodes.ids.tolist():
@@ -88,7 +88,7 @@ class PENS(Algorithm):
         b, k = models.shape[:2]
         owner = rows.repeat_interleave(k)
         flat = models.reshape(b * k, -1)
-        out = torch.empty(b * k)
+        out = torch.empty(b * k, device=models.device)
         group = max(1, _PROBE_BATCH // self.probe)
         for start in range(0, b * k, group):
             part = slice(start, min(start + group, b * k))
@@ -102,7 +102,7 @@ class PENS(Algorithm):
         mixed = nodes.params.clone()
         for got in inbox.by_receiver(self.sharing.decode):
             losses = self.scores(got.rows, got.values)
-            scored = got.mask & torch.isfinite(losses) & self.has_probe[got.rows, None]   # no data: nothing chosen
+            scored = got.mask & torch.isfinite(losses) & self.has_probe[got.rows, None].to(losses.device)   # no data: nothing chosen
             losses = torch.where(scored, losses, torch.inf)
             order = torch.argsort(losses, dim=1, stable=True)[:, :self.selected]   # ties: the lower id
             chosen = torch.zeros_like(got.mask).scatter_(1, order, True) & torch.isfinite(losses)

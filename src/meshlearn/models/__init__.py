@@ -111,6 +111,7 @@ class CharLSTM(nn.Module):
     """LEAF Shakespeare next-character model: embedding, 2-layer LSTM, linear head."""
 
     batching = "loop"   # batched (vmap) LSTMs are slower than their plain kernels node by node
+    gpu_batching = "loop"   # vmap has no batching rule for aten::lstm
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, embedding_dim: int = 8,
                  hidden_size: int = 256, num_layers: int = 2, vocab_size: int | None = None):

@@ -63,6 +63,6 @@ class ChocoSharing(Sharing):
     def aggregate(self, nodes: NodeBatch, inbox: Inbox) -> None:
         neighbours = nodes.state["choco_neighbours"]
         neighbours += inbox.weighted_sum(self.compressor.decompress)
-        others = (1 - inbox.self_weight.to(neighbours.dtype)).unsqueeze(1)
+        others = (1 - inbox.self_weight.to(neighbours.device, neighbours.dtype)).unsqueeze(1)
         step = neighbours - others * nodes.state["choco_public"]
         nodes.params = nodes.params.add(step, alpha=self.gamma)

@@ -210,7 +210,7 @@ class _Sparsifier(Compressor):
 
     def decompress_partial(self, payload):
         values = _expect(payload, "values", (self.k,), torch.float32)
-        mask = self.mask(payload)
+        mask = self.mask(payload).to(values.device)   # random-k rebuilds it from seeds, on the host
         if mask.shape[0] != values.shape[0]:
             raise MessageError(f"payload has values of {values.shape[0]} senders, support of {mask.shape[0]}")
         return scatter(values, mask), mask.to(values.dtype)

@@ -61,14 +61,14 @@ class PrivateParameters(Sharing):
 
     def _part(self, nodes: NodeBatch) -> NodeBatch:
         """The nodes as the inner scheme sees them: their shared columns, their state."""
-        return NodeBatch(nodes.ids, nodes.params.index_select(1, self.shared), nodes.state)
+        return NodeBatch(nodes.ids, nodes.params.index_select(1, self.shared.to(nodes.params.device)), nodes.state)
 
     @contextmanager
     def _restricted(self, nodes: NodeBatch) -> Iterator[NodeBatch]:
         """``_part``, whose shared columns are written back into ``nodes`` afterwards."""
         part = self._part(nodes)
         yield part
-        nodes.params = nodes.params.index_copy(1, self.shared, part.params.to(nodes.params.dtype))
+        nodes.params = nodes.params.index_copy(1, self.shared.to(nodes.params.device), part.params.to(nodes.params.dtype))
 
     def setup(self, nodes: NodeBatch) -> None:
         with self._restricted(nodes) as part:
