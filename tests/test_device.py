@@ -73,6 +73,19 @@ def test_whole_run_on_cuda_matches_cpu(tmp_path, overrides):
                 assert cuda[key] == pytest.approx(cpu[key], abs=1e-3), key
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_processes_workers_on_cuda_match_the_simulator_on_cpu():
+    from test_processes import records, run_processes, run_sim
+
+    sim, sim_reports = run_sim(small_config())
+    engine, reports, _ = run_processes(small_config(engine__device="cuda"), workers=2)
+    assert (engine.params - sim.nodes.params).abs().max().item() <= TOLERANCE
+    for ours, theirs in zip(reports, sim_reports):
+        assert ours.nodes.tolist() == theirs.nodes.tolist() and ours.bytes_sent.tolist() == theirs.bytes_sent.tolist()
+    for ours, theirs in zip(records(reports), records(sim_reports)):
+        assert ours["test_acc_mean"] == pytest.approx(theirs["test_acc_mean"], abs=1e-3)
+
+
 def test_auto_takes_cuda_only_where_there_is_one():
     exp = Experiment.build(small_config(engine__device="auto"))
     assert exp.device.type == ("cuda" if HAS_CUDA else "cpu")
@@ -81,8 +94,8 @@ def test_auto_takes_cuda_only_where_there_is_one():
 
 
 @pytest.mark.parametrize("overrides, says", [
-    ({"engine__device": "cuda", "engine__name": "processes"}, "synchronous simulator"),
-    ({"engine__device": "cuda", "algorithm__name": "gossip"}, "synchronous simulator"),
+    ({"engine__device": "cuda", "engine__name": "ray"}, "synchronous algorithms"),
+    ({"engine__device": "cuda", "algorithm__name": "gossip"}, "synchronous algorithms"),
     pytest.param({"engine__device": "cuda"}, "has no CUDA device",
                  marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")),
     ({"engine__device": "cuda:99"}, "CUDA device" if HAS_CUDA else "has no CUDA device"),

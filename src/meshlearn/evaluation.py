@@ -131,7 +131,7 @@ class Evaluator:
     def average(self, evaluation: "Evaluation", mean: torch.Tensor) -> None:
         """Add the averaged model's accuracy and loss, when configured."""
         if self.cfg.average_model and not self.server_only:
-            acc, loss = self.models(mean.reshape(1, -1).float())
+            acc, loss = self.models(mean.reshape(1, -1).float().to(self.x.device))
             evaluation.avg_model_acc, evaluation.avg_model_loss = float(acc[0]), float(loss[0])
 
 

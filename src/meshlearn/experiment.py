@@ -251,17 +251,19 @@ def _label_counts(dataset: data.Dataset, parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _device(cfg: ExperimentConfig) -> torch.device:
-    """``engine.device`` resolved on this machine. Accelerators hold the synchronous
-    simulator's nodes; workers and the event-driven simulator train on the CPU."""
+    """``engine.device`` resolved on this machine. Accelerators hold the nodes of the
+    synchronous simulator and of ``processes`` workers (``cuda``: worker k on the machine's
+    GPU k mod count); Ray actors and the event-driven engines train on the CPU."""
     name = cfg.engine.device
-    cpu_only = cfg.engine.name != "sim" or cfg.algorithm.implementation().asynchronous or cfg.privacy.dp is not None
+    cpu_only = cfg.engine.name == "ray" or cfg.algorithm.implementation().asynchronous or cfg.privacy.dp is not None
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if cpu_only:
-        raise ConfigError(f"engine.device = {name!r} holds the nodes of the synchronous simulator (engine.name = "
-                          "'sim', no privacy.dp); this run trains on the CPU: set engine.device = 'cpu' or 'auto'")
+        raise ConfigError(f"engine.device = {name!r} holds the nodes of synchronous algorithms on 'sim' or "
+                          "'processes' without privacy.dp; this run trains on the CPU: set engine.device = 'cpu' "
+                          "or 'auto'")
     if not torch.cuda.is_available():
         raise ConfigError(f"engine.device = {name!r}, but this machine's torch has no CUDA device "
                           f"(torch {torch.__version__}): set engine.device = 'cpu' or 'auto'")

@@ -58,30 +58,32 @@ class MessageInbox(Inbox):
     """
 
     def __init__(self, self_weight: torch.Tensor, weights: dict[int, list[tuple[int, float]]],
-                 payloads: dict[int, Payload], template: Payload, on_reject=lambda src, exc: None):
+                 payloads: dict[int, Payload], template: Payload, on_reject=lambda src, exc: None,
+                 device: torch.device = torch.device("cpu")):
         self.self_weight = self_weight
         self.weights = weights        # sender -> [(receiver row, weight)]
         self.payloads = payloads      # sender -> payload with a leading dimension of 1
         self.template = template      # an empty (0-row) payload, for the output shape
         self.on_reject = on_reject
+        self.device = device          # where the models are: messages are summed there
         self.rejected: set[int] = set()
         self.kept = torch.ones(len(self_weight), dtype=torch.float64)   # weight left per receiver
 
     def weighted_sum(self, decode) -> torch.Tensor:
         shape = decode(self.template).shape[1:]
-        out = torch.zeros((len(self.self_weight), *shape), dtype=torch.float32)
+        out = torch.zeros((len(self.self_weight), *shape), dtype=torch.float32, device=self.device)
         for src in sorted(self.payloads):
             if src in self.rejected:
                 continue
             try:
-                dense = decode(self.payloads[src])[0]
+                dense = decode(self.payloads[src])[0].to(self.device)
             except wire.MessageError as exc:
                 self._reject(src, exc)
                 continue
             for row, weight in self.weights[src]:
                 out[row].add_(dense, alpha=weight)
         if self.rejected:
-            out *= (1.0 / self.kept).float().view(-1, *[1] * len(shape))
+            out *= (1.0 / self.kept).float().view(-1, *[1] * len(shape)).to(self.device)
         return out
 
     def by_receiver(self, decode, chunk_nodes: int | None = None) -> Iterator[Received]:
@@ -101,7 +103,7 @@ class MessageInbox(Inbox):
         weights = torch.tensor([w for _, _, w in links], dtype=torch.float32) \
             * (1.0 / self.kept).float()[torch.from_numpy(rows)]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(self.self_weight)))])
-        source = torch.stack(list(decoded.values())) if decoded else decode(self.template)
+        source = (torch.stack(list(decoded.values())) if decoded else decode(self.template)).to(self.device)
         yield from received_chunks(indptr, senders, weights.numpy(), self.self_weight, source,
                                    np.array([order[src] for src in senders.tolist()], dtype=np.int64), chunk_nodes)
 
@@ -428,7 +430,8 @@ class Worker(NodeHost):
             by_src[int(srcs[k])].append((int(rows[k]), float(link_w[k])))
         payloads = {src: {name: t.unsqueeze(0) for name, t in models[src].items()} for src in by_src}
         template = {name: t[:0] for name, t in payload.items()}
-        return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template, self._reject_payload)
+        return MessageInbox(torch.from_numpy(self_w), by_src, payloads, template, self._reject_payload,
+                            self.nodes.params.device)
 
     def _reject_payload(self, src: int, exc: Exception) -> None:
         log.warning("worker %d: rejected the payload of node %d: %s", self.index, src, exc)
@@ -473,7 +476,7 @@ class Worker(NodeHost):
         every = self.experiment.config.checkpoint.every
         if rnd in self.checkpoint_rounds or (every and rnd % every == 0 and 0 < rnd < self.experiment.config.rounds):
             msg["checkpoint"] = encode(self.state_dict())
-        models = [self.nodes.params.numpy().tobytes()] if send_models else []
+        models = [self.nodes.params.cpu().numpy().tobytes()] if send_models else []
         if not self.evaluator.due(rnd):
             return [pack(msg), *models]
         t0 = time.perf_counter()
@@ -491,7 +494,7 @@ class Worker(NodeHost):
             msg["eval"].update(local_acc=ev.local_acc.tolist(), local_loss=ev.local_loss.tolist())
             if ev.local_nodes is not None:
                 msg["eval"]["local_nodes"] = ev.local_nodes.tolist()
-        return [pack(msg), total.numpy().tobytes(), *models]
+        return [pack(msg), total.cpu().numpy().tobytes(), *models]
 
     def run(self, rounds: int, send_models: bool = False, first: int = 0) -> None:
         """Rounds ``first`` (0: the initial evaluation; later: a resumed run) to ``rounds``;
@@ -531,6 +534,8 @@ def serve(control_address: str, index: int, host: str | None = None,
         plugins.add_import_paths(setup.get("import_paths", []))
         cfg = parse_config(setup["config"], check_files=False)
         experiment = Experiment.build(cfg)
+        if experiment.device.type == "cuda" and experiment.device.index is None:   # the machine's GPUs in turn
+            experiment.device = torch.device("cuda", index % torch.cuda.device_count())
         peers = setup.get("peers") or []   # worker -> the peer its data key names (itself, or its machine)
         peer_keys = {int(k): key.encode() for k, key in setup.get("peer_keys", {}).items()}
         if allow is not None:
