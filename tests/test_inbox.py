@@ -55,7 +55,7 @@ def worker_inbox(g: RoundGraph, lost: np.ndarray, local_ids: list[int], reject=l
             got[(dst, src)] = not lost[e]
             if not lost[e]:
                 models[src] = {name: t[src] for name, t in sent.items()}
-    worker = SimpleNamespace(local_ids=local_ids, _reject_payload=reject)
+    worker = SimpleNamespace(local_ids=local_ids, _reject_payload=reject, nodes=SimpleNamespace(params=torch.zeros(0)))
     worker._incoming = lambda got, links: Worker._incoming(worker, got, links)
     return Worker._inbox(worker, got, models, sent, SimpleNamespace(graph=g))
 
