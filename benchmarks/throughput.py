@@ -101,7 +101,8 @@ def main() -> None:
         return
 
     device = args.device
-    peak = matmul_gflops(8192 if device != "cpu" else 2048, device=device)
+    side = 8192 if device != "cpu" else 2048   # a GPU needs a larger product to reach its peak
+    peak = matmul_gflops(side, device=device)
     where = torch.cuda.get_device_name(device) if device != "cpu" else f"{os.cpu_count()} cores"
     print(f"torch {torch.__version__}, {where}; fp32 matmul: {peak:,.0f} GFLOP/s; {args.steps} local steps of "
           f"batch {BATCH} per round, inputs {args.shape}")
@@ -134,7 +135,7 @@ def main() -> None:
                           f"{steps_per_s:>13,.0f}{gflops:>10,.1f}{gflops / peak * 100:>8.0f}%{peak / gflops:>8.1f}"
                           f"{m['round_s'] * 1000 / 60:>10.1f}min{m['startup_s']:>11.2f}"
                           f"{m['peak'] / 2**30:>8.2f}Gi", flush=True)
-    print(f"fp32 matmul at the end: {matmul_gflops(8192 if device != 'cpu' else 2048, device=device):,.0f} GFLOP/s. "
+    print(f"fp32 matmul at the end: {matmul_gflops(side, device=device):,.0f} GFLOP/s. "
           "GFLOP/s counts the whole round (training, messages, mixing); × arith: the round's time over its training "
           "arithmetic at the matmul peak; 1000 rounds: that many of these rounds, without evaluation.")
 
