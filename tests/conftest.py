@@ -38,9 +38,10 @@ def alive(pids) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray instance for the tests of one module (Ray starts offline in a few seconds)."""
+    """A local Ray instance for the tests of one module (Ray starts offline in a few seconds); it
+    declares 2 GPUs, which only actors that ask for one are given."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -91,10 +91,12 @@ def test_auto_takes_cuda_only_where_there_is_one():
     assert exp.device.type == ("cuda" if HAS_CUDA else "cpu")
     async_run = small_config(engine__device="auto", algorithm__name="gossip")
     assert Experiment.build(async_run).device.type == "cpu"   # the event-driven simulator trains on the CPU
+    ray_run = small_config(engine__device="auto", engine__name="ray")
+    assert Experiment.build(ray_run).device.type == "cpu"     # Ray actors get GPUs when asked: device = 'cuda'
 
 
 @pytest.mark.parametrize("overrides, says", [
-    ({"engine__device": "cuda", "engine__name": "ray"}, "synchronous algorithms"),
+    ({"engine__device": "cuda:0", "engine__name": "ray"}, "Ray chooses the GPU"),
     ({"engine__device": "cuda", "algorithm__name": "gossip"}, "synchronous algorithms"),
     pytest.param({"engine__device": "cuda"}, "has no CUDA device",
                  marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -30,7 +32,9 @@ import zmq
 from conftest import alive, small_config
 from meshlearn import wire
 from meshlearn.cli import main
+from meshlearn.config import ConfigError
 from meshlearn.engines.processes import ProcessesEngine
+from meshlearn.engines.ray_actor import gpus_per_actor
 from meshlearn.engines.sim import SimEngine
 from meshlearn.engines.transport import Transport
 from meshlearn.engines.worker import Worker
@@ -462,6 +466,33 @@ def test_ray_matches_sim(ray_cluster):
     reports, extra = drive(engine, cfg.rounds)
     assert extra["placement"] == "ray" and extra["failures"] == []
     assert_same_run(sim, sim_reports, engine, reports)
+
+
+def test_ray_actors_on_cuda_ask_ray_for_a_gpu_each(ray_cluster):
+    """The module's Ray instance declares 2 GPUs: each of the 2 actors is given one, and, this
+    torch having no CUDA, the actor says so, naming the GPU Ray gave it."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine's torch has CUDA")
+    cfg = small_config(nodes=8, rounds=1, engine__name="ray", engine__device="cuda", engine__timeout_s=120)
+    experiment = Experiment.build(cfg)
+    assert experiment.device.type == "cpu"   # the launcher has no GPU of its own: it evaluates on the CPU
+    engine = ProcessesEngine(experiment, RUN_ID, placement="ray", workers=2)
+    with pytest.raises(ConfigError, match=r"worker 0 on .* \(GPUs [01]\) has no CUDA device") as error:
+        engine.start()
+    engine.close()
+    assert "engine.device" in str(error.value)
+
+
+@pytest.mark.parametrize("gpus, workers, share", [(2, 2, 1.0), (4, 2, 1.0), (2, 3, 0.5), (2, 5, 1 / 3), (1, 4, 0.25)])
+def test_ray_actors_share_the_clusters_gpus_so_that_all_fit(gpus, workers, share):
+    cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0, "GPU": float(gpus)})
+    assert gpus_per_actor(cluster, workers) == pytest.approx(share)
+    assert share * math.ceil(workers / gpus) <= 1.0 and math.floor(1 / share) * gpus >= workers
+
+
+def test_ray_without_gpus_refuses_cuda_naming_the_key():
+    with pytest.raises(ConfigError, match="engine.device = 'cuda', but the Ray cluster has no GPU"):
+        gpus_per_actor(SimpleNamespace(cluster_resources=lambda: {"CPU": 8.0}), 2)
 
 
 def test_ray_applies_churn_as_sim(ray_cluster, tmp_path):

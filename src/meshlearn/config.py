@@ -483,9 +483,9 @@ class EngineConfig(_Section):
                                                       "a loop (auto: the model's batching attribute)")
     chunk_size: int = Field(0, ge=0, description="nodes trained per batched call; 0 = chosen per model")
     device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
-                        description="sim and processes workers: where the stacked models, optimizer state, training "
-                        "data, mixing and evaluation live: cpu, cuda (processes: worker k on GPU k mod count), "
-                        "cuda:K, or auto (cuda when this machine's torch has it)")
+                        description="sim and networked workers: where the stacked models, optimizer state, training "
+                        "data, mixing and evaluation live: cpu, cuda (processes: worker k on GPU k mod count; ray: "
+                        "each actor asks Ray for a GPU), cuda:K, or auto (cuda when this machine's torch has it)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per process "
                                 "(default: all cores for sim, cores / workers for processes)")
     workers: int = Field(2, ge=1, description="processes/ray: worker processes, each hosting nodes / workers nodes")

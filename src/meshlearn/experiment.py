@@ -252,18 +252,24 @@ def _label_counts(dataset: data.Dataset, parts: list[np.ndarray]) -> np.ndarray:
 
 def _device(cfg: ExperimentConfig) -> torch.device:
     """``engine.device`` resolved on this machine. Accelerators hold the nodes of the
-    synchronous simulator and of ``processes`` workers (``cuda``: worker k on the machine's
-    GPU k mod count); Ray actors and the event-driven engines train on the CPU."""
+    synchronous simulator and of networked workers (``processes``: worker k on the machine's
+    GPU k mod count; ``ray``: each actor on the GPU Ray gives it, so a Ray launcher without one
+    keeps the CPU for itself and each actor checks its own); the event-driven engines and
+    DP-SGD train on the CPU."""
     name = cfg.engine.device
-    cpu_only = cfg.engine.name == "ray" or cfg.algorithm.implementation().asynchronous or cfg.privacy.dp is not None
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() and not cpu_only else "cpu"
+    ray = cfg.engine.name == "ray"
+    cpu_only = cfg.algorithm.implementation().asynchronous or cfg.privacy.dp is not None
+    if name == "auto":   # Ray's GPUs are resources an actor asks for: only when told to
+        name = "cuda" if torch.cuda.is_available() and not cpu_only and not ray else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if cpu_only:
-        raise ConfigError(f"engine.device = {name!r} holds the nodes of synchronous algorithms on 'sim' or "
-                          "'processes' without privacy.dp; this run trains on the CPU: set engine.device = 'cpu' "
-                          "or 'auto'")
+        raise ConfigError(f"engine.device = {name!r} holds the nodes of synchronous algorithms without "
+                          "privacy.dp; this run trains on the CPU: set engine.device = 'cpu' or 'auto'")
+    if ray:
+        if name != "cuda":
+            raise ConfigError(f"engine.device = {name!r}: Ray chooses the GPU of each actor; set engine.device = 'cuda'")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         raise ConfigError(f"engine.device = {name!r}, but this machine's torch has no CUDA device "
                           f"(torch {torch.__version__}): set engine.device = 'cpu' or 'auto'")

@@ -28,7 +28,7 @@ from meshlearn.config import ConfigError
 from meshlearn.engines.heartbeats import Heartbeats
 from meshlearn.engines.host import AVAILABILITY_METRICS
 from meshlearn.engines.hosts import Hosts, split_nodes
-from meshlearn.engines.ray_actor import RayHandle, import_ray
+from meshlearn.engines.ray_actor import RayHandle, gpus_per_actor, import_ray
 from meshlearn.engines.security import CREDENTIALS_ENV, AllowList, Credentials, Keys, read_machine_keys, serve_securely
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.evaluation import Evaluation, Evaluator, RoundReport
@@ -273,7 +273,8 @@ class ProcessesEngine:
     def _spawn(self, address: str, k: int):
         credentials = Credentials(self.keys[k], self.launcher_keys.public, self.data_keys[k]) if self.secure else None
         if self.placement == "ray":
-            return RayHandle(address, k, credentials)
+            cuda = self.experiment.config.engine.device == "cuda"
+            return RayHandle(address, k, credentials, gpus_per_actor(import_ray(), len(self.local)) if cuda else 0.0)
         return _ProcessHandle(address, k, credentials)
 
     def _setup(self, k: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Workers as Ray actors: Ray places one actor per worker on any machine of its cluster.
+"""Workers as Ray actors: Ray places one actor per worker on any machine of its cluster
+(with ``engine.device = 'cuda'``, on a GPU, or a share of one, that Ray reserves for it).
 
 Ray is an optional extra (``pip install 'meshlearn[ray]'``): it is imported on first use, so
 the base install never needs it. The actor runs the same ``worker.serve`` as a worker process.
@@ -6,19 +7,21 @@ the base install never needs it. The actor runs the same ``worker.serve`` as a w
 
 from __future__ import annotations
 
+import math
+
 from meshlearn.config import ConfigError
 
-__all__ = ["RayHandle", "import_ray"]
+__all__ = ["RayHandle", "import_ray", "gpus_per_actor"]
 
 
 class RayHandle:
     """A worker as a Ray actor, placed by Ray on any machine of the cluster."""
 
-    def __init__(self, address: str, k: int, credentials=None):
+    def __init__(self, address: str, k: int, credentials=None, num_gpus: float = 0.0):
         import ray
 
         self.ray = ray
-        self.actor = _worker_class().options(num_cpus=1, name=None).remote()
+        self.actor = _worker_class().options(num_cpus=1, num_gpus=num_gpus, name=None).remote()
         secret = None if credentials is None else credentials.to_text()
         self.ref = self.actor.serve.remote(address, k, secret)
 
@@ -38,6 +41,16 @@ class RayHandle:
         ready, _ = self.ray.wait([self.ref], timeout=timeout)
         if not ready:
             self.kill()
+
+
+def gpus_per_actor(ray, workers: int) -> float:
+    """The share of a GPU each of ``workers`` actors asks Ray for (``engine.device = 'cuda'``):
+    a whole one where the cluster has enough, else an equal share, so that they all fit."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus == 0:
+        raise ConfigError("engine.device = 'cuda', but the Ray cluster has no GPU (ray.cluster_resources()): "
+                          "start Ray on machines with GPUs (ray start --num-gpus), or set engine.device = 'cpu'")
+    return 1.0 / math.ceil(workers / gpus)
 
 
 _RAY_WORKER = None

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import resource
+import socket
 import sys
 import time
 import traceback
@@ -534,6 +535,11 @@ def serve(control_address: str, index: int, host: str | None = None,
         plugins.add_import_paths(setup.get("import_paths", []))
         cfg = parse_config(setup["config"], check_files=False)
         experiment = Experiment.build(cfg)
+        if cfg.engine.device == "cuda" and experiment.device.type != "cuda":   # a Ray actor's machine
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")   # the GPUs Ray gave it
+            raise ConfigError(f"engine.device = 'cuda', but worker {index} on {socket.gethostname()} (GPUs {visible}) "
+                              f"has no CUDA device its torch ({torch.__version__}) can use: install a CUDA build of "
+                              "torch on the cluster's GPU machines, or set engine.device = 'cpu'")
         if experiment.device.type == "cuda" and experiment.device.index is None:   # the machine's GPUs in turn
             experiment.device = torch.device("cuda", index % torch.cuda.device_count())
         peers = setup.get("peers") or []   # worker -> the peer its data key names (itself, or its machine)
