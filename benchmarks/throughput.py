@@ -5,9 +5,9 @@ by name) and number of nodes, D-PSGD rounds of ``--steps`` local steps of batch 
 random 4-regular graph, on ``sim`` and on ``processes`` (one single-threaded worker per
 core), after a warm-up round. FLOPs per node-step are counted exactly (torch's
 FlopCounterMode, forward and backward); the fp32 matmul peak of the device is measured in
-each configuration's process, before it starts and after it ends, and the better one kept (a shared machine's
-speed drifts within minutes, so a ratio holds only against a peak taken beside it). Each
-configuration runs in a fresh process, and reports its start-up (building the experiment
+each configuration's process, before it starts and after it ends, and the better one kept
+(a shared machine's speed drifts within minutes, so a ratio holds only against a peak taken
+beside it). Each configuration runs in a fresh process, and reports its start-up (building the experiment
 and the engine) and peak memory (``sim``: its process, or the GPU's allocations;
 ``processes``: launcher and workers together).
 
