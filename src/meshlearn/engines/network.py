@@ -125,9 +125,18 @@ def renormalized(self_weight: np.ndarray, weights: np.ndarray, rows: np.ndarray,
     Returns float32 (self weights, link weights).
     """
     kept = np.where(received, weights, 0.0)
-    total = self_weight + np.bincount(rows, weights=kept, minlength=len(self_weight))
-    complete = np.bincount(rows, weights=~received, minlength=len(self_weight)) == 0
-    alone = total <= 0     # nothing arrived and its own weight is 0 (a client missing the server)
-    scale = np.where(complete | alone, 1.0, 1.0 / np.where(alone, 1.0, total))
+    scale, alone = renormalizing_scale(self_weight, weights, rows, received)
     self_weight = np.where(alone, 1.0, self_weight * scale)
     return self_weight.astype(np.float32), (kept * scale[rows]).astype(np.float32)
+
+
+def renormalizing_scale(self_weight: np.ndarray, weights: np.ndarray, rows: np.ndarray,
+                        received: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per receiver, the factor ``renormalized`` applies to its weights (exactly 1 where
+    everything arrived), and whether it is left alone: nothing arrived and its own weight is
+    0 (a client missing the server), so it keeps its model."""
+    kept = np.where(received, weights, 0.0)
+    total = self_weight + np.bincount(rows, weights=kept, minlength=len(self_weight))
+    complete = np.bincount(rows, weights=~received, minlength=len(self_weight)) == 0
+    alone = total <= 0
+    return np.where(complete | alone, 1.0, 1.0 / np.where(alone, 1.0, total)), alone

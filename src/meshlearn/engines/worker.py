@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,7 +31,7 @@ from meshlearn import plugins, wire
 from meshlearn.byzantine.adversary import received_view
 from meshlearn.checkpoint import decode, encode
 from meshlearn.dynamics.compute import late_links
-from meshlearn.engines.network import renormalized
+from meshlearn.engines.network import renormalized, renormalizing_scale
 from meshlearn.engines.control import NODE_METRICS, pack, unpack
 from meshlearn.engines.host import NodeHost
 from meshlearn.engines.security import AllowList, Credentials, connect_securely
@@ -117,6 +117,99 @@ class MessageInbox(Inbox):
         self.self_weight = self.self_weight * (before / self.kept).float()
 
 
+class FoldingInbox(Inbox):
+    """A worker's inbox read as its messages arrive: ``weighted_sum`` adds each message into
+    its receivers' rows as soon as their earlier senders are in (senders in increasing id, as
+    ``MessageInbox`` sums them) and lets it go once every local receiver has it, so a worker
+    holds the sum and the few messages that came early, not every model of the round. A lost
+    or undecodable message leaves its receiver's row rescaled at the end, as ``renormalized``
+    rescales the weights. ``by_receiver`` (rules that need the messages themselves) first
+    waits for all of them. Like any inbox, it is read once."""
+
+    def __init__(self, worker: Worker, links: GraphLinks, payload: Payload, rnd: int):
+        self.worker, self.links, self.rnd = worker, links, rnd
+        self.template = {name: t[:0] for name, t in payload.items()}   # an empty payload, for the output shape
+        self.self_weight = torch.from_numpy(links.graph.self_weight[worker.local_ids].astype(np.float32))
+        self.read = False
+        self.full: MessageInbox | None = None   # by_receiver's inbox of every message
+
+    def weighted_sum(self, decode) -> torch.Tensor:
+        self._take()
+        w = self.worker
+        rows, srcs, weights, _ = w._incoming({}, self.links)   # every incoming link, receiver-major
+        weights32 = weights.astype(np.float32)   # the numbers MessageInbox adds with
+        b = len(w.local_ids)
+        ends = np.searchsorted(rows, np.arange(b), side="right").tolist()
+        nxt = np.searchsorted(rows, np.arange(b)).tolist()   # per receiver row: its next link to fold
+        left = Counter(srcs.tolist())   # per sender: local links not yet folded
+        received = np.zeros(len(rows), dtype=bool)
+        rejected: set[int] = set()
+        shape = decode(self.template).shape[1:]
+        out = torch.zeros((b, *shape), dtype=torch.float32, device=w.nodes.params.device)
+
+        def fold(row: int, final: bool = False) -> None:
+            """Add row's messages in sender order, up to the first not yet in (``final``: to the end)."""
+            k, dst = nxt[row], w.local_ids[row]
+            while k < ends[row]:
+                src = int(srcs[k])
+                delivered = w.arrived.get((dst, src))
+                if delivered is None and not final:
+                    break
+                if delivered and src not in rejected:
+                    try:
+                        dense = decode({name: t.unsqueeze(0) for name, t in w.models[src].items()})[0]
+                        out[row].add_(dense.to(out.device), alpha=float(weights32[k]))
+                        received[k] = True
+                    except wire.MessageError as exc:
+                        rejected.add(src)
+                        w._reject_payload(src, exc)
+                left[src] -= 1
+                if not left[src]:
+                    w.models.pop(src, None)
+                k += 1
+            nxt[row] = k
+
+        def on_message() -> None:
+            while w.filed:
+                fold(w.row_of[w.filed.pop()])
+
+        w.filed.clear()
+        for row in range(b):   # what came before the exchange began (early messages, a rushing attacker's wait)
+            fold(row)
+        w._collect(self.rnd, self.links, on_message=on_message)
+        for row in range(b):
+            fold(row, final=True)
+        self_weight = self.links.graph.self_weight[w.local_ids]
+        scale, alone = renormalizing_scale(self_weight, weights, rows, received)
+        self.self_weight = torch.from_numpy(np.where(alone, 1.0, self_weight * scale).astype(np.float32))
+        rescaled = np.flatnonzero(scale != 1.0)
+        if len(rescaled):
+            factor = torch.from_numpy(scale[rescaled].astype(np.float32)).to(out.device)
+            out[rescaled] *= factor.view(-1, *[1] * len(shape))
+        return out
+
+    def by_receiver(self, decode, chunk_nodes: int | None = None) -> Iterator[Received]:
+        self._take()
+        got, models = self.worker._collect(self.rnd, self.links)
+        self.full = self.worker._inbox(got, models, self.template, self.links)
+        for chunk in self.full.by_receiver(decode, chunk_nodes):
+            self.self_weight = self.full.self_weight   # renormalized over the decodable messages
+            yield chunk
+        self.self_weight = self.full.self_weight
+
+    def finish(self) -> None:
+        """An inbox nobody read: its messages are still awaited and counted."""
+        if not self.read:
+            self._take()
+            self.worker._collect(self.rnd, self.links)
+
+    def _take(self) -> None:
+        if self.read:
+            raise RuntimeError("this round's inbox was read already: a worker adds the messages up as they arrive "
+                               "and keeps none, so read it once (weighted_sum or by_receiver) per exchange")
+        self.read = True
+
+
 class Worker(NodeHost):
     """Hosts ``node_ids`` of an experiment; a ``RoundContext`` over the transport."""
 
@@ -138,6 +231,8 @@ class Worker(NodeHost):
         self.arrived: dict[tuple[int, int], bool] = {}   # (dst, src) -> delivered
         self.models: dict = {}                           # src (or (dst, src) per link) -> tensors
         self.pending: dict[tuple[int, int], list] = defaultdict(list)  # (rnd, step) -> early messages
+        self.filed: list[int] = []                       # receivers of the messages filed since last looked
+        self.inbox: FoldingInbox | None = None           # the last exchange's inbox
         for name in NODE_METRICS:   # what only a networked engine counts, besides messages_lost
             self.counters.setdefault(name, np.zeros(len(self.local_ids), dtype=np.int64))
         self.spec: dict | None = None                    # names -> (dtype, shape) of a payload row
@@ -187,6 +282,7 @@ class Worker(NodeHost):
 
     def exchange(self, nodes: NodeBatch, payload: Payload, rnd: int, graph: RoundGraph | None = None,
                  per_link: bool = False) -> Inbox | LinkInbox:
+        self.finish_exchange()
         # the graph first: peer sampling's exchanges may file early messages against the last exchange's
         links = self.links(self.topology.restrict(graph, rnd) if graph is not None else self.graph(rnd))
         step = self.current[1] + 1 if self.current[0] == rnd else 0
@@ -201,12 +297,16 @@ class Worker(NodeHost):
         self._send_all(payload, rnd, step, links, skip=set(attackers))
         if attackers:
             self._send_all(self._attack(nodes, payload, rnd, links), rnd, step, links, only=attackers)
-        got, models = self._collect(rnd, links)
         if per_link:
-            return self._link_inbox(got, models, payload, links)
-        inbox = self._inbox(got, models, payload, links)
-        inbox.rnd = rnd
-        return inbox
+            return self._link_inbox(*self._collect(rnd, links), payload, links)
+        self.inbox = FoldingInbox(self, links, payload, rnd)
+        return self.inbox
+
+    def finish_exchange(self) -> None:
+        """Await and count the last exchange's messages if its inbox was not read."""
+        if self.inbox is not None:
+            self.inbox.finish()
+            self.inbox = None
 
     def _attack(self, nodes: NodeBatch, payload: Payload, rnd: int, links: GraphLinks) -> Payload:
         """The payload with the local attackers' messages crafted in; a rushing attack first
@@ -292,9 +392,10 @@ class Worker(NodeHost):
                 if int(self.owner[src]) not in self.down and src not in byzantine}
 
     def _collect(self, rnd: int, links: GraphLinks, receivers: list[int] | None = None,
-                 final: bool = True) -> tuple[dict[tuple[int, int], bool], dict]:
+                 final: bool = True, on_message=lambda: None) -> tuple[dict[tuple[int, int], bool], dict]:
         """The current exchange's messages for the local nodes (or for ``receivers`` only),
-        until all arrived or the timeout; ``final``: count and report what is missing.
+        until all arrived or the timeout; ``final``: count and report what is missing;
+        ``on_message`` is called after each message taken in.
 
         Returns {(receiver, sender): delivered (False: lost on the emulated link)} and the
         tensors, kept once per sender however many local receivers it has (per link for
@@ -315,6 +416,7 @@ class Worker(NodeHost):
             received = self.transport.recv(min(remaining, 0.05))
             if received is not None:
                 self._accept(*received)
+                on_message()
         if not final:
             self.times["wait_time_s"] += time.perf_counter() - t0
             return self.arrived, self.models
@@ -393,6 +495,7 @@ class Worker(NodeHost):
         else:
             self.counters["bytes_received"][row] += nbytes
         self.arrived[(dst, msg.src)] = msg.kind == "model"
+        self.filed.append(dst)
         if msg.kind == "model":
             if self.per_link:
                 self.models[(dst, msg.src)] = msg.tensors
@@ -504,6 +607,7 @@ class Worker(NodeHost):
             if rnd > 0:
                 t0 = time.perf_counter()
                 self.last_loss = self.play_round(rnd)
+                self.finish_exchange()
                 self.elapsed += time.perf_counter() - t0
             self._poll_control()
             if self.control is not None:
