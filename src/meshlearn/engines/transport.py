@@ -3,7 +3,7 @@
 Each worker binds one PULL socket and connects one PUSH socket per worker (itself
 included: messages between nodes of the same process also cross the transport, so their
 bytes and delays are real). Messages are ``wire`` frames; tensor frames are sent without
-copying. With network emulation on, a sender thread holds every message until its link
+copying (tracked, where they alias a model that changes once the exchange is over). With network emulation on, a sender thread holds every message until its link
 delay has passed (ZeroMQ sockets are single-threaded, so then all sends go through it).
 With ``keys`` every socket is CURVE-authenticated and encrypted (``security``): the data
 socket admits the run's workers only, and ``recv`` says which worker a message came from.
@@ -16,6 +16,7 @@ import itertools
 import queue
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 
 import zmq
@@ -25,6 +26,11 @@ from meshlearn.engines.security import AllowList, Keys, connect_securely, serve_
 __all__ = ["Transport"]
 
 Frames = Sequence[bytes | memoryview]
+
+RECEIVE_QUEUE = 8
+"""Messages from one peer that ZeroMQ reads ahead of the worker. Beyond them, a busy worker's
+messages wait at their senders, which send without copying (and without limit, so a send never
+blocks), instead of each receiver holding a round's models while it is still training."""
 
 
 class Transport:
@@ -38,7 +44,7 @@ class Transport:
         self.pull = self.context.socket(zmq.PULL)
         if keys is not None:
             serve_securely(self.pull, keys)
-        self.pull.setsockopt(zmq.RCVHWM, 0)           # rounds are synchronous: memory is bounded by them
+        self.pull.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self.pull.setsockopt(zmq.MAXMSGSIZE, max_bytes)  # larger frames cannot be valid messages
         if port:
             self.pull.bind(f"tcp://{host}:{port}")
@@ -51,6 +57,7 @@ class Transport:
         self._delayed = delayed
         self._queue: queue.Queue = queue.Queue()
         self._sender: threading.Thread | None = None
+        self._tracked: dict[int, list[zmq.MessageTracker]] = defaultdict(list)   # frames ZeroMQ may still hold
 
     def connect(self, book: dict[int, str], public_keys: dict[int, bytes] | None = None) -> None:
         """Open a PUSH socket to every worker's address (including our own); with CURVE, as a
@@ -67,12 +74,33 @@ class Transport:
             self._sender = threading.Thread(target=self._send_loop, name="emulated-links", daemon=True)
             self._sender.start()
 
-    def send(self, worker: int, frames: Frames, delay_s: float = 0.0) -> None:
-        """Send ``frames`` to ``worker``, after ``delay_s`` when emulating the network."""
+    @property
+    def delayed(self) -> bool:
+        """Whether a sender thread holds messages for their link delays (network emulation)."""
+        return self._delayed
+
+    def send(self, worker: int, frames: Frames, delay_s: float = 0.0, track: bool = False) -> None:
+        """Send ``frames`` to ``worker``, after ``delay_s`` when emulating the network. With
+        ``track`` (not with emulation: give the sender thread copies) the frames alias memory
+        that will change, and ``wait_sent`` waits until ZeroMQ has let go of them."""
         if self._delayed:
             self._queue.put((time.monotonic() + delay_s, frames, worker))
         else:
-            self._send_now(worker, frames)
+            self._send_now(worker, frames, track)
+
+    def wait_sent(self, timeout_s: float) -> int:
+        """Wait until ZeroMQ has let go of every frame sent with ``track`` to a live peer;
+        returns how many it still held after ``timeout_s`` (a peer that stopped reading),
+        which are not waited for again."""
+        deadline, held = time.monotonic() + timeout_s, 0
+        for worker, trackers in self._tracked.items():
+            for tracker in trackers if worker not in self.closed_peers else ():
+                try:
+                    tracker.wait(max(0.0, deadline - time.monotonic()))
+                except zmq.NotDone:
+                    held += 1
+        self._tracked.clear()
+        return held
 
     def drop_peer(self, worker: int) -> None:
         """Stop sending to a worker that is known to be gone."""
@@ -100,11 +128,15 @@ class Transport:
         if self._own_context:
             self.context.term()
 
-    def _send_now(self, worker: int, frames: Frames) -> None:
+    def _send_now(self, worker: int, frames: Frames, track: bool = False) -> None:
         if worker in self.closed_peers:
             return
+        sock, last = self.push[worker], len(frames) - 1
         try:
-            self.push[worker].send_multipart(frames, copy=False)
+            for k, frame in enumerate(frames):
+                tracker = sock.send(frame, zmq.SNDMORE if k < last else 0, copy=False, track=track)
+                if track and tracker is not None:
+                    self._tracked[worker].append(tracker)
         except zmq.ZMQError:
             self.send_failures += 1
 

@@ -47,6 +47,10 @@ __all__ = ["Worker", "MessageInbox", "main"]
 
 log = logging.getLogger("meshlearn.worker")
 
+_WIDE_VALUES = 1 << 22
+"""float64 values (32 MiB) a worker widens at a time to sum its models for the launcher."""
+
+
 class MessageInbox(Inbox):
     """What a worker's nodes received: one payload per sender, weights per (receiver, sender).
 
@@ -358,8 +362,12 @@ class Worker(NodeHost):
             body = None
             for tensors, dst in messages:
                 if body is None or self.per_link:
-                    # one copy of a sender's tensors, shared by its messages (the model may change in place later)
-                    body = [bytes(f) for f in wire.encode_tensors(tensors, codec)]
+                    # a sender's frames, shared by its messages: views of its tensors, which stay as they are
+                    # until the exchange's messages are in (_collect waits until they are sent), or a copy for
+                    # the emulated links' sender thread, which may hold them for longer
+                    body = wire.encode_tensors(tensors, codec)
+                    if self.transport.delayed:
+                        body = [bytes(f) for f in body]
                     body_bytes = sum(len(f) for f in body)
                     raw_body = sum(t.numel() * t.element_size() for t in tensors.values())
                 message = wire.Message(self.run_id, src, rnd, "model", tensors, message_meta(dst, step))
@@ -380,7 +388,7 @@ class Worker(NodeHost):
                     self.transport.send(worker, notice)
                     continue
                 delay = float(links.model.delay(pos, nbytes)) if links.model.enabled else 0.0
-                self.transport.send(worker, [header, *body], delay)
+                self.transport.send(worker, [header, *body], delay, track=True)
         self.times["serialize_time_s"] += time.perf_counter() - t0
 
     def _expected(self, links: GraphLinks, receivers: list[int] | None = None) -> set[tuple[int, int]]:
@@ -420,6 +428,10 @@ class Worker(NodeHost):
         if not final:
             self.times["wait_time_s"] += time.perf_counter() - t0
             return self.arrived, self.models
+        held = self.transport.wait_sent(max(1.0, deadline - time.monotonic()))   # our frames alias the payload
+        if held:
+            log.warning("worker %d round %d: %d message frame(s) still unsent after %.1fs; the models they show "
+                        "may change before they leave", self.index, rnd, held, self.timeout_s)
         for dst, _ in missing:
             self.counters["messages_missing"][self.row_of[dst]] += 1
         if missing:
@@ -586,9 +598,13 @@ class Worker(NodeHost):
         t0 = time.perf_counter()
         params = self.nodes.params
         ev = self.evaluator.local(self.nodes.ids, params)
-        wide = params[torch.from_numpy(np.flatnonzero(self.honest))].double()   # consensus is among honest nodes
-        total = wide.sum(0)
-        sq = float(wide.pow_(2).sum())
+        total = torch.zeros(params.shape[1], dtype=torch.float64, device=params.device)
+        sq, honest = 0.0, np.flatnonzero(self.honest)   # consensus is among honest nodes
+        step = max(1, _WIDE_VALUES // max(1, params.shape[1]))   # a few float64 rows at a time, not all of them
+        for start in range(0, len(honest), step):
+            wide = params[torch.from_numpy(honest[start:start + step])].double()
+            total += wide.sum(0)
+            sq += float(wide.pow_(2).sum())
         self.times["eval_time_s"] += time.perf_counter() - t0
         msg["eval"] = {"nodes": ev.nodes.tolist(), "acc": ev.acc.tolist(), "loss": ev.loss.tolist(),
                        "samples": ev.samples, "sum_sq": sq, "eval_time_s": self.times["eval_time_s"]}
