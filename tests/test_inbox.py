@@ -15,7 +15,7 @@ import torch
 from meshlearn import topology, wire
 from meshlearn.engines.network import renormalized
 from meshlearn.engines.sim import SimInbox
-from meshlearn.engines.worker import Worker
+from meshlearn.engines.worker import FoldingInbox, Worker
 from meshlearn.sharing import base
 from meshlearn.topology.schedule import RoundGraph
 
@@ -171,3 +171,61 @@ def test_chunks_bound_memory_and_padding(monkeypatch):
     assert [grp.senders.shape for grp in groups][:2] == [(1, n - 1), (10, 1)]
     assert all(grp.values.numel() <= 10 * P for grp in groups[1:])
     assert torch.cat([grp.rows for grp in groups]).tolist() == list(range(n))
+
+
+class Arrivals(SimpleNamespace):
+    """A stand-in worker hosting ``local_ids`` whose round's messages arrive one at a time in
+    ``order`` (of senders), as ``FoldingInbox`` reads them; ``held``: the most payloads it kept."""
+
+    def __init__(self, g: RoundGraph, lost: np.ndarray, local_ids: list[int], order: list[int], reject):
+        super().__init__(local_ids=local_ids, row_of={node: row for row, node in enumerate(local_ids)},
+                         arrived={}, models={}, filed=[], nodes=SimpleNamespace(params=torch.zeros(0)),
+                         _reject_payload=reject, held=0)
+        off, rank = g.weights, {src: k for k, src in enumerate(order)}
+        links = [(dst, src, not lost[e]) for e, (dst, src) in enumerate(zip(g.receivers.tolist(), off.indices.tolist()))
+                 if dst in local_ids]
+        self.messages = sorted(links, key=lambda link: (rank[link[1]], link[0]))
+
+    def _incoming(self, got, links):
+        return Worker._incoming(self, got, links)
+
+    def _collect(self, rnd, links, on_message=lambda: None):
+        sent = payload()
+        for dst, src, delivered in self.messages:
+            self.arrived[(dst, src)] = delivered
+            if delivered:
+                self.models.setdefault(src, {name: t[src] for name, t in sent.items()})
+            self.filed.append(dst)
+            self.held = max(self.held, len(self.models))
+            on_message()
+        return self.arrived, self.models
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 4, 0, 3, 1]])
+def test_a_workers_inbox_folds_messages_as_they_arrive(order):
+    """Whatever order the messages come in (one lost, one undecodable): the sum of a worker
+    that keeps them all, each receiver's senders added in increasing id; in increasing order
+    each message is let go before the next one comes; the inbox is read once."""
+    g, rejected = graph(), []
+    lost = np.zeros(g.weights.nnz, dtype=bool)
+    lost[g.weights.indptr[0] + list(g.senders_of(0)).index(3)] = True   # 3 -> 0
+
+    def strict(p):   # sender 1's payload does not decode
+        if (p["x"][:, 0] == payload()["x"][1, 0]).any():
+            raise wire.MessageError("bad payload")
+        return decode(p)
+
+    kept = worker_inbox(g, lost, list(range(5)))
+    expected = kept.weighted_sum(strict)
+    worker = Arrivals(g, lost, list(range(5)), order, reject=lambda src, exc: rejected.append(src))
+    inbox = FoldingInbox(worker, SimpleNamespace(graph=g), payload(), rnd=1)
+    total = inbox.weighted_sum(strict)
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=1e-7)   # node 0: rescaled after, not before
+    assert torch.equal(total[1:], expected[1:])   # the nodes that lost nothing: the very same numbers
+    torch.testing.assert_close(inbox.self_weight, kept.self_weight, rtol=1e-6, atol=0)
+    assert rejected == [1]
+    assert worker.models == {}   # every message let go
+    if order == sorted(order):
+        assert worker.held == 1
+    with pytest.raises(RuntimeError, match="read already"):
+        inbox.weighted_sum(decode)

@@ -31,7 +31,9 @@ class Inbox(ABC):
     """What a batch of nodes received in one round, with the mixing weights of the senders.
 
     ``self_weight[i]`` is node i's own weight w_ii; with the senders' weights w_ij they sum
-    to one per receiver (an engine that loses a message renormalizes them).
+    to one per receiver (an engine that loses a message renormalizes them). Read an inbox once
+    (``weighted_sum`` or ``by_receiver``): a networked worker sums messages as they arrive and
+    keeps none. Until then the payload is still being sent: leave its tensors as they are.
     """
 
     self_weight: torch.Tensor  # (B,); read it after weighted_sum or by_receiver, which may renormalize it
