@@ -294,7 +294,7 @@ class Worker(NodeHost):
         # what a sender's message must hold: the tensors this run's sharing scheme sends
         self.spec = {name: (t.dtype, tuple(t.shape[1:])) for name, t in payload.items()}
         self.per_link = per_link
-        self.arrived, self.models = {}, {}
+        self.arrived, self.models, self.filed = {}, {}, []
         for msg, nbytes in self.pending.pop(self.current, []):   # early messages, checked now
             self._file(msg, nbytes)
         attackers = self.adversary.rows.tolist() if self.adversary and not per_link else []
