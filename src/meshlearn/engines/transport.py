@@ -3,8 +3,9 @@
 Each worker binds one PULL socket and connects one PUSH socket per worker (itself
 included: messages between nodes of the same process also cross the transport, so their
 bytes and delays are real). Messages are ``wire`` frames; tensor frames are sent without
-copying (tracked, where they alias a model that changes once the exchange is over). With network emulation on, a sender thread holds every message until its link
-delay has passed (ZeroMQ sockets are single-threaded, so then all sends go through it).
+copying (tracked, where they alias a model that changes once the exchange is over). With
+network emulation on, a sender thread holds every message until its link delay has passed
+(ZeroMQ sockets are single-threaded, so then all sends go through it).
 With ``keys`` every socket is CURVE-authenticated and encrypted (``security``): the data
 socket admits the run's workers only, and ``recv`` says which worker a message came from.
 """
