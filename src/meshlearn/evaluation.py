@@ -69,7 +69,7 @@ class Evaluator:
         """(accuracy, loss) of each row of ``params`` on the test sample (or ``samples``)."""
         exp = self.experiment
         x, y = samples or (self.x, self.y)
-        if len(params) > 1 and torch.equal(params[1], params[0]) and bool((params == params[0]).all()):
+        if len(params) > 1 and all(torch.equal(row, params[0]) for row in params[1:]):
             # one model for all (round 0 with model.same_init): evaluated once
             acc, loss = self.models(params[:1], samples)
             return acc.expand(len(params)).clone(), loss.expand(len(params)).clone()
